@@ -14,8 +14,12 @@ grid: near an edge it is shifted inward, so every query sees the same number of 
                PixArt / Hunyuan-DiT mask).
 - ``tube``:    ``round(density * H*W)`` consecutive in-frame positions centred on the query's,
                taken at that same place in every frame (the paper's CogVideoX mask).
-- ``local3d``: a (t, h, w) box around the query whose volume is about ``density * T*H*W``,
-               each non-singleton side the same fraction of its grid side.
+- ``local3d``: a (t, h, w) box around the query whose volume is about ``density * T*H*W``.
+               Blocks are runs of raster tokens, so a block spans part of a grid row or
+               several rows; a box narrower than the rows it touches wastes most of each
+               block. The box is therefore chosen, among shapes of the right volume (full
+               rows, half rows, quarter rows, or every side the same fraction of the grid),
+               as the one whose blocks compute the fewest pairs at the mask's block size.
 
 Building costs O(key blocks) memory per query block, never an N x N tensor.
 """
@@ -39,7 +43,7 @@ def window_start(position, length: int, width: int):
     return np.clip(np.asarray(position) - width // 2, 0, length - width)
 
 
-def window_shape(layout: TokenLayout, density: float, kind: str) -> tuple[int, ...]:
+def window_shape(layout: TokenLayout, density: float, kind: str, block_size: int) -> tuple[int, ...]:
     """The window size per kind: (tokens,) for band, (in-frame tokens,) for tube, (t, h, w) for local3d."""
     frames, height, width = layout.grid
     if kind == "band":
@@ -47,7 +51,10 @@ def window_shape(layout: TokenLayout, density: float, kind: str) -> tuple[int, .
     if kind == "tube":
         return (_fraction_of(height * width, density),)
     if kind == "local3d":
-        return _box_for_density(layout.grid, density)
+        boxes = {_box_for_density(layout.grid, density, row) for row in (width, -(-width // 2), -(-width // 4), None)}
+        # least waste: pairs the blocks compute per pair inside the windows
+        return min(sorted(boxes), key=lambda box: build_block_lists(layout, kind, box, block_size).computed_pairs
+                   / (math.prod(box) * layout.image_tokens))
     raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
 
 
@@ -55,21 +62,29 @@ def _fraction_of(length: int, density: float) -> int:
     return int(min(length, max(1, round(density * length))))
 
 
-def _box_for_density(grid: tuple[int, int, int], density: float) -> tuple[int, int, int]:
-    """The (t, h, w) box, each non-singleton side scaled by the same factor, closest in volume to
-    ``density * T*H*W`` among the floor/ceil roundings of its sides."""
-    free = [side for side in grid if side > 1]
-    scale = density ** (1.0 / len(free)) if free else 1.0
-    target = density * math.prod(grid)
-    choices = []
-    for side in grid:
-        exact = side * scale
-        choices.append(sorted({min(side, max(1, math.floor(exact))), min(side, max(1, math.ceil(exact)))}))
-    best = min(
-        ((t, h, w) for t in choices[0] for h in choices[1] for w in choices[2]),
-        key=lambda box: (abs(math.prod(box) - target), -math.prod(box)),
-    )
-    return best
+def _box_for_density(grid: tuple[int, int, int], density: float, row: int | None) -> tuple[int, int, int]:
+    """A (t, h, w) box of volume close to ``density * T*H*W``.
+
+    With ``row`` None every side is the same fraction of its grid side (floor/ceil roundings,
+    closest volume). Otherwise w = ``row``, and (t, h) is chosen with a volume within 10% of the
+    target when one exists, then with proportions closest to the grid's (t/T ~ h/H)."""
+    frames, height, width = grid
+    target = density * frames * height * width
+    if row is None:
+        free = [side for side in grid if side > 1]
+        scale = density ** (1.0 / len(free)) if free else 1.0
+        choices = [sorted({min(side, max(1, math.floor(side * scale))), min(side, max(1, math.ceil(side * scale)))})
+                   for side in grid]
+        boxes = [(t, h, w) for t in choices[0] for h in choices[1] for w in choices[2]]
+        return min(boxes, key=lambda box: (abs(math.prod(box) - target), -math.prod(box)))
+
+    def score(box):
+        t, h, _ = box
+        miss = abs(math.prod(box) - target) / target
+        return (miss > 0.1, abs(math.log((t / frames) / (h / height))), miss)
+
+    boxes = [(t, min(height, max(1, round(target / (t * row)))), row) for t in range(1, frames + 1)]
+    return min(boxes, key=score)
 
 
 # --- key-token ranges for one block of image queries [first, last] (image-local, inclusive) -------
@@ -131,10 +146,9 @@ class BlockLists:
     computed_pairs: int       # (query, key) pairs inside the visited blocks, tails clipped
 
 
-@functools.lru_cache(maxsize=128)
-def build_block_lists(layout: TokenLayout, density: float, kind: str, block_size: int) -> BlockLists:
-    """The block lists of a mask (cached: a sampling run builds each shape's mask once)."""
-    shape = window_shape(layout, density, kind)
+@functools.lru_cache(maxsize=256)
+def build_block_lists(layout: TokenLayout, kind: str, shape: tuple[int, ...], block_size: int) -> BlockLists:
+    """The block lists of a mask with window ``shape`` (cached: a run builds each shape's mask once)."""
     key_ranges = _KEY_RANGES[kind]
     n = layout.n_tokens
     blocks = -(-n // block_size)
@@ -189,8 +203,8 @@ class SparseMask:
         self.requested_density = float(density)
         self.kind = kind
         self.block_size = int(block_size)
-        self.window = window_shape(layout, self.requested_density, kind)
-        self._lists = build_block_lists(layout, self.requested_density, kind, self.block_size)
+        self.window = window_shape(layout, self.requested_density, kind, self.block_size)
+        self._lists = build_block_lists(layout, kind, self.window, self.block_size)
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __setattr__(self, name, value):

@@ -1,0 +1,77 @@
+"""Independent references for the core tests: naive token masks and fp64 attention.
+
+Written from DESIGN.md's definitions, not from rettention's code: the window rules below are
+re-derived here (centred, shifted to stay inside the grid), and attention is the textbook formula.
+"""
+import numpy as np
+import torch
+
+
+def _start(position, length, width):
+    return np.minimum(np.maximum(position - width // 2, 0), length - width)
+
+
+def token_mask(grid, text_before, text_after, kind, window):
+    """(N, N) bool: the token-level design mask (image windows; text rows and columns dense)."""
+    frames, height, width = grid
+    n_img = frames * height * width
+    n = text_before + n_img + text_after
+    i = np.arange(n_img)
+    if kind == "band":
+        (w,) = window
+        s = _start(i, n_img, w)[:, None]
+        image = (i[None, :] >= s) & (i[None, :] < s + w)
+    elif kind == "tube":
+        (w,) = window
+        frame = height * width
+        s = _start(i % frame, frame, w)[:, None]
+        p = (i % frame)[None, :]
+        image = (p >= s) & (p < s + w)
+    elif kind == "local3d":
+        bt, bh, bw = window
+        t, rem = np.divmod(i, height * width)
+        y, x = np.divmod(rem, width)
+        image = np.ones((n_img, n_img), dtype=bool)
+        for coord, length, size in ((t, frames, bt), (y, height, bh), (x, width, bw)):
+            s = _start(coord, length, size)[:, None]
+            image &= (coord[None, :] >= s) & (coord[None, :] < s + size)
+    else:
+        raise AssertionError(kind)
+    full = np.ones((n, n), dtype=bool)
+    a, b = text_before, text_before + n_img
+    full[a:b, a:b] = image
+    return full
+
+
+def block_mask(token_level, block):
+    """(QB, KB) bool: blocks that hold at least one True of the token mask."""
+    n = token_level.shape[0]
+    nb = -(-n // block)
+    padded = np.zeros((nb * block, nb * block), dtype=bool)
+    padded[:n, :n] = token_level
+    return padded.reshape(nb, block, nb, block).any(axis=(1, 3))
+
+
+def key_set(mask):
+    """(N, N) bool: keys each query computes under ``mask`` (all keys of its visited blocks)."""
+    n, block = mask.n_tokens, mask.block_size
+    visited = np.zeros((mask.query_blocks, mask.key_blocks), dtype=bool)
+    for q in range(mask.query_blocks):
+        visited[q, mask.key_block_list(q)] = True
+    blocks = np.arange(n) // block
+    return visited[blocks][:, blocks]
+
+
+def attention64(q, k, v, keys=None):
+    """fp64 softmax attention; ``keys`` (N, N) bool restricts each row's keys. Returns (out, lse)."""
+    q, k, v = (t.double() for t in (q, k, v))
+    logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if keys is not None:
+        logits = logits.masked_fill(~torch.as_tensor(keys), float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    return torch.exp(logits - lse[..., None]) @ v, lse
+
+
+def rel_l2(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
