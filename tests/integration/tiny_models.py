@@ -1,0 +1,60 @@
+"""Tiny random-weight models of ComfyUI's own DiT classes (DESIGN.md section 6), with conditioning."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _init(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = math.prod(p.shape[1:])
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    return model
+
+
+def _patcher(config_cls, unet_config, seed=0):
+    import comfy.model_management
+    import comfy.model_patcher
+
+    config = config_cls(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    _init(model.diffusion_model, seed)
+    model.diffusion_model.to(torch.float32)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=torch.device("cpu"))
+
+
+def _cond(context, **extra):
+    return [[context, dict(extra)]]
+
+
+def wan():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.WAN21_T2V, dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2),
+                                          text_len=16, in_dim=16, dim=256, ffn_dim=256, freq_dim=256,
+                                          text_dim=64, out_dim=16, num_heads=2, num_layers=2))
+    gen = torch.Generator().manual_seed(1)
+    pos = _cond(torch.randn(1, 16, 64, generator=gen))
+    neg = _cond(torch.randn(1, 16, 64, generator=gen))
+    return patcher, (1, 16, 3, 16, 16), pos, neg
+
+
+def flux():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.Flux, dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
+                                     context_in_dim=64, hidden_size=128, mlp_ratio=2.0, num_heads=2, depth=1,
+                                     depth_single_blocks=1, axes_dim=[16, 24, 24], theta=10000, patch_size=2,
+                                     qkv_bias=True, guidance_embed=False))
+    gen = torch.Generator().manual_seed(2)
+    pos = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    neg = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    return patcher, (1, 16, 32, 32), pos, neg
