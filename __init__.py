@@ -1,15 +1,18 @@
-"""Re-ttention for ComfyUI: the ComfyUI entry point only (V3 extension)."""
-from comfy_api.latest import ComfyExtension, io
+"""Re-ttention for ComfyUI: the ComfyUI entry point only (V3 extension).
 
-from .nodes.rettention_nodes import NODES
+Imported outside ComfyUI (pytest collects this folder as a package), it registers nothing.
+"""
+try:
+    from comfy_api.latest import ComfyExtension, io
+except ImportError:          # not running inside ComfyUI
+    ComfyExtension = None
 
-WEB_DIRECTORY = None
+if ComfyExtension is not None:
+    from .nodes.rettention_nodes import NODES
 
+    class RettentionExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return list(NODES)
 
-class RettentionExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
-
-
-async def comfy_entrypoint() -> RettentionExtension:
-    return RettentionExtension()
+    async def comfy_entrypoint() -> RettentionExtension:
+        return RettentionExtension()

@@ -17,6 +17,9 @@ def _init(model, seed=0):
                 p.zero_()
             else:
                 p.fill_(1.0)
+        for name, b in model.named_buffers():
+            if name.endswith("pos_embed") and b.is_floating_point():   # loaded from checkpoints, empty here
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
     return model
 
 
@@ -58,3 +61,52 @@ def flux():
     pos = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
     neg = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
     return patcher, (1, 16, 32, 32), pos, neg
+
+
+def sd3():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.SD3, dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None,
+                                    adm_in_channels=32, pos_embed_scaling_factor=None, pos_embed_max_size=32,
+                                    num_patches=32 * 32, qk_norm="rms", x_block_self_attn_layers=[],
+                                    context_embedder_config={"target": "torch.nn.Linear",
+                                                             "params": {"in_features": 64, "out_features": 128}}))
+    gen = torch.Generator().manual_seed(3)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    return patcher, (1, 16, 32, 32), pos, neg
+
+
+def hunyuan_video():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.HunyuanVideo, dict(image_model="hunyuan_video", in_channels=16, out_channels=16,
+                                             patch_size=[1, 2, 2], vec_in_dim=32, context_in_dim=64,
+                                             hidden_size=128, mlp_ratio=2.0, num_heads=2, depth=1,
+                                             depth_single_blocks=1, axes_dim=[16, 24, 24], theta=256,
+                                             qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False))
+    gen = torch.Generator().manual_seed(4)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    return patcher, (1, 16, 3, 16, 16), pos, neg
+
+
+def qwen_image():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.QwenImage, dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                          num_layers=2, attention_head_dim=64, num_attention_heads=2,
+                                          joint_attention_dim=64, axes_dims_rope=(16, 24, 24)))
+    gen = torch.Generator().manual_seed(5)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen))
+    return patcher, (1, 16, 1, 32, 32), pos, neg
+
+
+def pixart():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.PixArtSigma, dict(image_model="pixart_sigma", micro_condition=False, num_heads=2,
+                                            patch_size=2, hidden_size=144, in_channels=4, depth=2,
+                                            caption_channels=64, model_max_length=16, input_size=64,
+                                            pe_interpolation=1))
+    gen = torch.Generator().manual_seed(6)
+    pos = _cond(torch.randn(1, 16, 64, generator=gen))
+    neg = _cond(torch.randn(1, 16, 64, generator=gen))
+    return patcher, (1, 4, 64, 64), pos, neg

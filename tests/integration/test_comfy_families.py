@@ -1,0 +1,156 @@
+"""Re-ttention inside a real ComfyUI: each family's tiny model sampled with ComfyUI's own sampler.
+
+    COMFYUI_PATH=/work/comfyui python -m pytest -q tests
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import tiny_models
+
+FAMILIES = ["wan", "flux", "sd3", "hunyuan_video", "qwen_image", "pixart"]
+# self-attention calls per forward, other attention calls per forward (cross-attention, text refiners)
+LAYERS = {"wan": (2, 2), "flux": (2, 0), "sd3": (2, 0), "hunyuan_video": (2, 2), "qwen_image": (2, 0),
+          "pixart": (2, 0)}
+STEPS = 8
+_BUILT = {}
+
+
+def build(name):
+    if name not in _BUILT:
+        _BUILT[name] = getattr(tiny_models, name)()
+    return _BUILT[name]
+
+
+def sample(patcher, name, cfg=3.0, steps=STEPS):
+    import comfy.sample
+
+    _, shape, pos, neg = build(name)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return comfy.sample.sample(patcher, noise, steps, cfg, "euler", "simple", pos, neg, torch.zeros(shape),
+                               seed=0, disable_pbar=True)
+
+
+def patch(env, patcher, density=0.25, schedule=None, **kw):
+    node = env["nodes"].NODE_CLASS_MAPPINGS["RettentionPatchModel"]
+    args = dict(density=density, mask="auto", residual_dtype="auto", dense_first_last=False, stats_file="none",
+                error_threshold=0.05)
+    args.update(kw)
+    return node.execute(patcher, schedule=schedule, **args).args[0]
+
+
+def observe(env, patcher):
+    adapter = sys.modules[env["pack"].__name__ + ".nodes.adapter"]
+    reports = []
+    patcher.model_options["transformer_options"][adapter.OBSERVER_KEY] = reports.append
+    return reports
+
+
+def baseline(name):
+    key = ("baseline", name)
+    if key not in _BUILT:
+        _BUILT[key] = sample(build(name)[0], name)
+    return _BUILT[key]
+
+
+def close(a, b, tol=1e-4):
+    scale = max(1.0, float(b.abs().max()))
+    return float((a - b).abs().max()) <= tol * scale
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_calls_per_step_and_finite(comfy_env, name):
+    patcher = build(name)[0]
+    patched = patch(comfy_env, patcher)
+    assert "rettention" not in patcher.model_options.get("transformer_options", {}), "input model was modified"
+    reports = observe(comfy_env, patched)
+    out = sample(patched, name)
+    assert torch.isfinite(out).all()
+    (report,) = reports
+    assert report["finished"] and report["plan"] == "DDCSSSSD"
+    layers, others = LAYERS[name]
+    assert report["layers_per_forward"] == layers
+    for step, mode in enumerate(report["plan"]):
+        counts = report["counts"][step]
+        expected = {"D": "dense", "C": "capture", "S": "sparse"}[mode]
+        assert counts.get(expected) == layers, (step, counts)          # batched CFG: one call per layer
+        assert sum(v for k, v in counts.items() if k not in (expected, "passthrough")) == 0, counts
+        assert counts.get("passthrough", 0) == others, counts          # cross-attention left alone
+    assert report["peak_bytes"] > 0
+    assert report["bytes_held"] == 0 and report["stats_entries"] == 0  # freed at the end of the run
+    assert not close(out, baseline(name), 1e-6), "sparse steps changed nothing"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_density_one_equals_unpatched(comfy_env, name):
+    base = baseline(name)
+    assert close(sample(patch(comfy_env, build(name)[0], density=1.0), name), base)
+    schedule_node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["RettentionSparsitySchedule"]
+    schedule = schedule_node.execute(start_percent=0.1, end_percent=0.9, capture_every=3, density_steps="0.5:1.0",
+                                     weight="rho_ramp", ramp=0.04).args[0]
+    patched = patch(comfy_env, build(name)[0], density=1.0, schedule=schedule)
+    reports = observe(comfy_env, patched)
+    assert close(sample(patched, name), base)
+    assert "S" in reports[0]["plan"]
+
+
+@pytest.mark.parametrize("name", ["wan", "flux", "pixart"])
+def test_split_cfg_second_run_and_cfg1(comfy_env, name):
+    patcher = build(name)[0]
+    patched = patch(comfy_env, patcher)
+    reports = observe(comfy_env, patched)
+    first = sample(patched, name)
+    second = sample(patched, name)
+    assert torch.equal(first, second)                   # a second run starts fresh
+    base_model = patched.model
+    base_model.memory_required = lambda *a, **k: float("inf")   # forces one forward per cond
+    try:
+        split = sample(patched, name)
+    finally:
+        del base_model.memory_required
+    assert close(split, first, 1e-4)
+    layers = LAYERS[name][0]
+    assert reports[2]["counts"][3]["sparse"] == 2 * layers    # two forwards (cond, uncond) per step
+    single = sample(patched, name, cfg=1.0)            # no uncond
+    assert torch.isfinite(single).all()
+    assert reports[3]["counts"][3]["sparse"] == layers
+    assert all(r["bytes_held"] == 0 for r in reports)
+
+
+def test_resolution_change_between_runs(comfy_env):
+    import comfy.sample
+
+    patcher, shape, pos, neg = build("flux")
+    patched = patch(comfy_env, patcher)
+    reports = observe(comfy_env, patched)
+    for size in (32, 24):
+        small = (1, 16, size, size)
+        noise = torch.randn(small, generator=torch.Generator().manual_seed(0))
+        out = comfy.sample.sample(patched, noise, STEPS, 3.0, "euler", "simple", pos, neg, torch.zeros(small),
+                                  seed=0, disable_pbar=True)
+        assert out.shape == small and torch.isfinite(out).all()
+    assert [r["counts"][3]["sparse"] for r in reports] == [2, 2]
+
+
+def test_batch_of_latents(comfy_env):
+    import comfy.sample
+
+    patcher, shape, pos, neg = build("qwen_image")
+    patched = patch(comfy_env, patcher)
+    reports = observe(comfy_env, patched)
+    two = (2,) + shape[1:]
+    noise = torch.randn(two, generator=torch.Generator().manual_seed(0))
+    out = comfy.sample.sample(patched, noise, STEPS, 3.0, "euler", "simple", pos, neg, torch.zeros(two),
+                              seed=0, disable_pbar=True)
+    assert torch.isfinite(out).all() and reports[0]["counts"][3]["sparse"] == 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_models():
+    yield
+    import gc
+    _BUILT.clear()
+    gc.collect()
