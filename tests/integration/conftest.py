@@ -77,6 +77,7 @@ def boot_comfy():
     import comfy.sample  # noqa: F401
     import nodes
 
+    asyncio.run(nodes.init_builtin_extra_nodes())      # comfy_extras (ModelSamplingSD3, FluxGuidance, ...)
     ok = asyncio.run(nodes.load_custom_node(REPO, module_parent="custom_nodes"))
     assert ok, "ComfyUI could not load the pack"
     pack = sys.modules[REPO.replace(".", "_x_")]

@@ -1,0 +1,127 @@
+"""Writes the example workflows (ComfyUI UI format) to workflows/ and example_workflows/.
+
+    python workflows/build_workflows.py
+"""
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT_TYPES = {"UNETLoader": ["MODEL"], "DualCLIPLoader": ["CLIP"], "CLIPLoader": ["CLIP"], "VAELoader": ["VAE"],
+             "CLIPTextEncode": ["CONDITIONING"], "FluxGuidance": ["CONDITIONING"], "EmptySD3LatentImage": ["LATENT"],
+             "EmptyLatentImage": ["LATENT"], "EmptyHunyuanLatentVideo": ["LATENT"], "KSampler": ["LATENT"],
+             "KSamplerAdvanced": ["LATENT"], "VAEDecode": ["IMAGE"], "SaveImage": [], "ModelSamplingSD3": ["MODEL"],
+             "RettentionPatchModel": ["MODEL"], "RettentionSparsitySchedule": ["RETTENTION_SCHEDULE"],
+             "RettentionCalibrateStats": ["MODEL"]}
+
+
+class Graph:
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, type_, widgets, **inputs):
+        node_id = len(self.nodes) + 1
+        node = {"id": node_id, "type": type_, "pos": [300 * (node_id % 6), 200 * (node_id // 6)], "size": [280, 120],
+                "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [], "properties": {"Node name for S&R": type_},
+                "outputs": [{"name": t, "type": t, "links": [], "slot_index": i} for i, t in enumerate(OUT_TYPES[type_])],
+                "widgets_values": widgets}
+        self.nodes.append(node)
+        for name, (source, slot) in inputs.items():
+            link_id = len(self.links) + 1
+            src = self.nodes[source - 1]
+            kind = src["outputs"][slot]["type"]
+            node["inputs"].append({"name": name, "type": kind, "link": link_id})
+            src["outputs"][slot]["links"].append(link_id)
+            self.links.append([link_id, source, slot, node_id, len(node["inputs"]) - 1, kind])
+        return node_id
+
+    def dump(self, name):
+        data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+        for folder in (HERE, os.path.join(os.path.dirname(HERE), "example_workflows")):
+            with open(os.path.join(folder, name + ".json"), "w") as f:
+                json.dump(data, f, indent=1)
+
+
+def patch(g, model, density=0.0625, mask="auto", stats_file="none", schedule=None):
+    extra = {"schedule": (schedule, 0)} if schedule else {}
+    return g.add("RettentionPatchModel", [density, mask, "auto", False, stats_file, 0.05], model=(model, 0), **extra)
+
+
+def flux(name="rettention_flux_t2i", calibrate=False):
+    g = Graph()
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"])
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"])
+    vae = g.add("VAELoader", ["ae.safetensors"])
+    pos = g.add("CLIPTextEncode", ["a red fox in a snowy forest, golden hour"], clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", [""], clip=(clip, 0))
+    guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
+    latent = g.add("EmptySD3LatentImage", [1024, 1024, 1])
+    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "calibrated" if calibrate else "rho", 0.04])
+    if calibrate:
+        calib = g.add("RettentionCalibrateStats", ["flux_calibration", 0.0625, "auto", 0.04], model=(unet, 0))
+        first = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(calib, 0),
+                      positive=(guided, 0), negative=(neg, 0), latent_image=(latent, 0))
+        g.add("SaveImage", ["rettention_calibration"], images=(g.add("VAEDecode", [], samples=(first, 0), vae=(vae, 0)), 0))
+    model = patch(g, unet, stats_file="flux_calibration.safetensors" if calibrate else "none", schedule=schedule)
+    sampled = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(model, 0), positive=(guided, 0),
+                    negative=(neg, 0), latent_image=(latent, 0))
+    g.add("SaveImage", ["rettention_flux"], images=(g.add("VAEDecode", [], samples=(sampled, 0), vae=(vae, 0)), 0))
+    g.dump(name)
+
+
+def wan21():
+    g = Graph()
+    unet = g.add("UNETLoader", ["wan2.1_t2v_1.3B_fp16.safetensors", "default"])
+    shifted = g.add("ModelSamplingSD3", [8.0], model=(unet, 0))
+    clip = g.add("CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"])
+    vae = g.add("VAELoader", ["wan_2.1_vae.safetensors"])
+    pos = g.add("CLIPTextEncode", ["a cat walking along a beach at sunset, cinematic"], clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", ["blurry, low quality, static"], clip=(clip, 0))
+    latent = g.add("EmptyHunyuanLatentVideo", [832, 480, 33, 1])
+    model = patch(g, shifted, density=0.0625, mask="local3d")
+    sampled = g.add("KSampler", [0, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], model=(model, 0), positive=(pos, 0),
+                    negative=(neg, 0), latent_image=(latent, 0))
+    g.add("SaveImage", ["rettention_wan21"], images=(g.add("VAEDecode", [], samples=(sampled, 0), vae=(vae, 0)), 0))
+    g.dump("rettention_wan21_t2v")
+
+
+def wan22():
+    g = Graph()
+    high = g.add("UNETLoader", ["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "default"])
+    low = g.add("UNETLoader", ["wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "default"])
+    clip = g.add("CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"])
+    vae = g.add("VAELoader", ["wan_2.1_vae.safetensors"])
+    pos = g.add("CLIPTextEncode", ["a paper boat drifting down a rainy street, macro shot"], clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", ["blurry, low quality, static"], clip=(clip, 0))
+    latent = g.add("EmptyHunyuanLatentVideo", [1280, 704, 81, 1])
+    high_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(high, 0)), mask="local3d")
+    low_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(low, 0)), mask="local3d")
+    first = g.add("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
+                  model=(high_model, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+    second = g.add("KSamplerAdvanced", ["disable", 0, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"],
+                   model=(low_model, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(first, 0))
+    g.add("SaveImage", ["rettention_wan22"], images=(g.add("VAEDecode", [], samples=(second, 0), vae=(vae, 0)), 0))
+    g.dump("rettention_wan22_two_expert")
+
+
+def pixart():
+    g = Graph()
+    unet = g.add("UNETLoader", ["PixArt-Sigma-XL-2-1024-MS.safetensors", "default"])
+    clip = g.add("CLIPLoader", ["t5xxl_fp16.safetensors", "pixart", "default"])
+    vae = g.add("VAELoader", ["sdxl_vae.safetensors"])
+    pos = g.add("CLIPTextEncode", ["an astronaut riding a horse on the moon, detailed"], clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", [""], clip=(clip, 0))
+    latent = g.add("EmptyLatentImage", [1024, 1024, 1])
+    model = patch(g, unet, density=0.03125, mask="band")
+    sampled = g.add("KSampler", [0, "fixed", 20, 4.5, "dpmpp_2m", "karras", 1.0], model=(model, 0),
+                    positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+    g.add("SaveImage", ["rettention_pixart"], images=(g.add("VAEDecode", [], samples=(sampled, 0), vae=(vae, 0)), 0))
+    g.dump("rettention_pixart_sigma_t2i")
+
+
+if __name__ == "__main__":
+    flux()
+    wan21()
+    pixart()
+    wan22()
+    flux("rettention_calibrate_then_patch", calibrate=True)
