@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, RhoWeight, Schedule, SparseMask,
+from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, RhoWeight, Schedule, SparseMask, block_size_for,
                           StatsStore, attend_full, attend_sparse, check_inputs)
 from ..rettention.calibration import CalibrationData, CalibrationRecorder, save_stats_file
 from .families import Family, default_mask_kind, latent_grids, self_attention_layout
@@ -72,13 +72,6 @@ def progress_of(model_sampling, sigma: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
-
-
-def _block_size(n_tokens: int) -> int:
-    for block in (128, 64, 32):
-        if n_tokens >= 16 * block:
-            return block
-    return 16
 
 
 class RunState:
@@ -141,7 +134,7 @@ class RunState:
         key = (layout, density, kind)
         mask = self.masks.get(key)
         if mask is None:
-            mask = self.masks[key] = SparseMask(layout, density, kind, block_size=_block_size(layout.n_tokens))
+            mask = self.masks[key] = SparseMask(layout, density, kind, block_size=block_size_for(layout.n_tokens))
         return mask
 
     def weight_for(self, layer: int, heads: int):

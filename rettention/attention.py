@@ -54,6 +54,8 @@ def _all_finite(*tensors: torch.Tensor) -> bool:
 def _backend(q: torch.Tensor):
     """The Triton path for CUDA tensors when it can run there, else the PyTorch path."""
     if not q.is_cuda:
+        _warn_once("cpu", f"Re-ttention: attention on {q.device} runs the PyTorch path (slow); "
+                          "the Triton kernels need a CUDA GPU")
         return torch_path
     try:
         from . import triton_path

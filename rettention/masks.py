@@ -38,6 +38,15 @@ MASK_KINDS = ("band", "tube", "local3d")
 BLOCK_SIZES = (16, 32, 64, 128)
 
 
+def block_size_for(n_tokens: int) -> int:
+    """The mask block size for a sequence: 128 (what the kernels are tuned for) from 2048 tokens
+    on, smaller below so that short sequences still have enough blocks to be sparse."""
+    for block in (128, 64, 32):
+        if n_tokens >= 16 * block:
+            return block
+    return 16
+
+
 def window_start(position, length: int, width: int):
     """First index of a ``width`` window centred on ``position`` and shifted to fit in ``[0, length)``."""
     return np.clip(np.asarray(position) - width // 2, 0, length - width)

@@ -51,6 +51,12 @@ class CalibratedWeight:
     per_head: torch.Tensor
     name = "calibrated"
 
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, CalibratedWeight) and self.per_head.shape == other.per_head.shape
+                and torch.equal(self.per_head.cpu(), other.per_head.cpu()))
+
+    __hash__ = None
+
     def weight(self, rho: torch.Tensor, steps_since_capture: int, heads: slice = slice(None)) -> torch.Tensor:
         per_head = self.per_head[heads]
         if per_head.shape != (rho.shape[1],):

@@ -181,3 +181,9 @@ def test_stats_from_another_mask_shape_or_rule_are_refused():
         attend_sparse(q[:1, :1], k[:1, :1], v[:1, :1], mask, stats)
     with pytest.raises(ValueError, match="weight rule"):
         attend_sparse(q, k, v, mask, stats, weight=UnitWeight())
+
+
+def test_calibrated_weights_compare_by_value():
+    assert CalibratedWeight(torch.tensor([0.5, 1.0])) == CalibratedWeight(torch.tensor([0.5, 1.0]))
+    assert CalibratedWeight(torch.tensor([0.5, 1.0])) != CalibratedWeight(torch.tensor([0.5, 0.9]))
+    assert CalibratedWeight(torch.tensor([0.5])) != RhoWeight()

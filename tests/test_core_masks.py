@@ -97,3 +97,8 @@ def test_bad_layouts_name_the_problem():
     with pytest.raises(ValueError, match="text"):
         TokenLayout((1, 4, 4), text_before=-1)
     assert TokenLayout((4, 4)).grid == (1, 4, 4)
+
+
+def test_block_size_follows_the_sequence_length():
+    from rettention import block_size_for
+    assert [block_size_for(n) for n in (100, 600, 1500, 2048, 75600)] == [16, 32, 64, 128, 128]
