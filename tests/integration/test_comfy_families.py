@@ -11,10 +11,10 @@ import torch
 
 import tiny_models
 
-FAMILIES = ["wan", "flux", "sd3", "hunyuan_video", "qwen_image", "pixart"]
+FAMILIES = ["wan", "flux", "sd3", "hunyuan_video", "qwen_image", "pixart", "hunyuan_dit"]
 # self-attention calls per forward, other attention calls per forward (cross-attention, text refiners)
 LAYERS = {"wan": (2, 2), "flux": (2, 0), "sd3": (2, 0), "hunyuan_video": (2, 2), "qwen_image": (2, 0),
-          "pixart": (2, 0)}
+          "pixart": (2, 0), "hunyuan_dit": (4, 0)}
 STEPS = 8
 _BUILT = {}
 
@@ -154,3 +154,30 @@ def _free_models():
     import gc
     _BUILT.clear()
     gc.collect()
+
+
+def test_wan22_two_experts_each_pass_starts_from_a_capture(comfy_env):
+    """Wan 2.2: a high-noise expert samples steps 0-3, a low-noise expert steps 4-7 (two
+    KSamplerAdvanced passes), each patched on its own; each pass plans from its own progress."""
+    import comfy.sample
+
+    def two_passes(high, low):
+        _, shape, pos, neg = build("wan")
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        common = dict(seed=0, disable_pbar=True)
+        first = comfy.sample.sample(high, noise, STEPS, 3.0, "euler", "simple", pos, neg, torch.zeros(shape),
+                                    start_step=0, last_step=4, force_full_denoise=False, **common)
+        return comfy.sample.sample(low, noise, STEPS, 3.0, "euler", "simple", pos, neg, first, disable_noise=True,
+                                   start_step=4, last_step=STEPS, force_full_denoise=True, **common)
+
+    expert = build("wan")[0]
+    reference = two_passes(expert, expert)
+    high, low = patch(comfy_env, expert), patch(comfy_env, expert.clone())
+    high_reports, low_reports = observe(comfy_env, high), observe(comfy_env, low)
+    out = two_passes(high, low)
+    assert torch.isfinite(out).all()
+    assert high_reports[0]["plan"] == "DDCS" and low_reports[0]["plan"] == "CSSS"
+    assert not close(out, reference)                                  # the sparse steps did something
+
+    exact_high, exact_low = patch(comfy_env, expert, density=1.0), patch(comfy_env, expert.clone(), density=1.0)
+    assert close(two_passes(exact_high, exact_low), reference)

@@ -110,3 +110,17 @@ def pixart():
     pos = _cond(torch.randn(1, 16, 64, generator=gen))
     neg = _cond(torch.randn(1, 16, 64, generator=gen))
     return patcher, (1, 4, 64, 64), pos, neg
+
+
+def hunyuan_dit():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.HunyuanDiT, dict(image_model="hydit", input_size=32, patch_size=2, in_channels=4,
+                                           hidden_size=128, depth=4, num_heads=2, mlp_ratio=2.0,
+                                           text_states_dim=64, text_states_dim_t5=64, text_len=8, text_len_t5=8,
+                                           size_cond=False, use_style_cond=False, learn_sigma=True))
+    gen = torch.Generator().manual_seed(7)
+
+    def cond():
+        return _cond(torch.randn(1, 8, 64, generator=gen), attention_mask=torch.ones(1, 8),
+                     conditioning_mt5xl=torch.randn(1, 8, 64, generator=gen), attention_mask_mt5xl=torch.ones(1, 8))
+    return patcher, (1, 4, 32, 32), cond(), cond()
