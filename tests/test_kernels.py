@@ -1,0 +1,170 @@
+"""The Triton kernels on the CPU under TRITON_INTERPRET=1, at small sizes, against an independent
+fp64 reference written here and against the PyTorch oracle (rettention.torch_path).
+
+On a machine with CUDA this module is skipped: tests/test_kernels_gpu.py runs the same checks
+compiled, at real sizes (the interpreter must not leak into that process).
+"""
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("CUDA present: the compiled kernels are tested in test_kernels_gpu.py", allow_module_level=True)
+os.environ["TRITON_INTERPRET"] = "1"        # before the kernels are imported
+pytest.importorskip("triton")
+
+import kernels  # noqa: E402
+from rettention import (CalibratedWeight, RhoRampWeight, RhoWeight, SparseMask, TokenLayout,  # noqa: E402
+                        UnitWeight, torch_path, triton_path)
+
+if not kernels.sparse_attention.__module__ or not kernels._tuning.INTERPRET:
+    pytest.skip("kernels were imported before TRITON_INTERPRET was set", allow_module_level=True)
+
+
+# ---- independent reference ------------------------------------------------------------------------
+
+def reference(q, k, v, mask):
+    """fp64 per row: dense (O, lse) and window (O^S, lse^S), the window being the keys of the key
+    blocks listed for the row's query block (the mask's block lists, read one block at a time)."""
+    b, h, n, d = q.shape
+    q, k, v = q.double(), k.double(), v.double()
+    logits = q @ k.transpose(-1, -2) / d ** 0.5
+    window = torch.zeros(n, n, dtype=torch.bool)
+    bs = mask.block_size
+    for qb in range(mask.query_blocks):
+        for kb in mask.key_block_list(qb):
+            window[qb * bs:(qb + 1) * bs, kb * bs:(kb + 1) * bs] = True
+    lse = torch.logsumexp(logits, -1)
+    out = torch.softmax(logits, -1) @ v
+    wl = logits.masked_fill(~window, float("-inf"))
+    lse_w = torch.logsumexp(wl, -1)
+    out_w = torch.softmax(wl, -1) @ v
+    return out, lse, out_w, lse_w
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def tol(dtype):
+    return 1e-2 if dtype == torch.bfloat16 else 2e-3
+
+
+def make_qkv(b, h, n, d, dtype, layout="bhnd", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ts = []
+    for _ in range(3):
+        if layout == "bhnd":
+            ts.append(torch.randn(b, h, n, d, generator=g).to(dtype))
+        else:                                   # (B, N, H, D) storage, viewed as (B, H, N, D)
+            ts.append(torch.randn(b, n, h, d, generator=g).to(dtype).transpose(1, 2))
+    return ts
+
+
+CASES = [  # (grid, text_before, text_after, kind, density, block, B, H, D, dtype, layout)
+    ((1, 5, 9), 7, 0, "band", 0.2, 16, 1, 2, 72, torch.bfloat16, "bhnd"),
+    ((1, 6, 7), 0, 5, "local3d", 0.25, 16, 2, 1, 88, torch.float16, "bnhd"),
+    ((3, 3, 5), 3, 0, "tube", 0.3, 16, 1, 2, 64, torch.bfloat16, "bnhd"),
+    ((1, 9, 13), 0, 0, "band", 0.3, 64, 1, 1, 128, torch.float16, "bhnd"),
+    ((1, 7, 7), 0, 0, "band", 0.3, 16, 1, 1, 80, torch.bfloat16, "bhnd"),
+    ((1, 5, 8), 0, 0, "band", 0.3, 32, 1, 1, 96, torch.float16, "bnhd"),
+]
+
+
+def _setup(case, seed=0):
+    grid, tb, ta, kind, density, block, b, h, d, dtype, layout = case
+    mask = SparseMask(TokenLayout(grid=grid, text_before=tb, text_after=ta), density, kind, block_size=block)
+    q, k, v = make_qkv(b, h, mask.n_tokens, d, dtype, layout, seed)
+    return mask, q, k, v
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[3]}-N{c[0]}-t{c[1]}/{c[2]}-b{c[5]}-D{c[8]}-{c[10]}")
+def test_window_kernel_matches_fp64(case):
+    mask, q, k, v = _setup(case)
+    counts, indices = mask.block_lists("cpu")
+    out, lse = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, return_lse=True)
+    _, _, ref_w, ref_lse_w = reference(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    assert rel(out, ref_w) < tol(q.dtype)
+    assert float((lse.double() - ref_lse_w).abs().max()) < 1e-3
+    assert out.stride() == q.stride()          # written in the input's layout
+
+
+@pytest.mark.parametrize("design", ["split", "fused"])
+@pytest.mark.parametrize("case", CASES[:3] + CASES[4:5], ids=lambda c: f"{c[3]}-D{c[8]}-{c[10]}")
+def test_capture_matches_fp64_and_oracle(case, design):
+    mask, q, k, v = _setup(case, seed=1)
+    out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design=design)
+    ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
+    rho_ref = torch.exp(ref_lse_w - ref_lse)
+    assert rel(out, ref) < tol(q.dtype)
+    assert float((stats.rho.double() - rho_ref).abs().max()) < 1e-3
+    r_ref = ref - rho_ref[..., None] * ref_w
+    assert float((stats.residual.double() - r_ref).norm() / ref.norm()) < tol(q.dtype)
+    o_out, o_stats = torch_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype)
+    assert rel(stats.rho, o_stats.rho) < 1e-3
+    # a sparse step on the capture's own inputs reproduces dense attention
+    again = triton_path.sparse_with_stats(q, k, v, stats, 0)
+    assert rel(again, ref) < tol(q.dtype)
+
+
+class _HalfRho:
+    """A rule the kernels do not know: w = rho / 2 + 0.1 * steps (the 'raw' capture path)."""
+
+    name = "half"
+
+    def weight(self, rho, steps_since_capture, heads=slice(None)):
+        return rho * 0.5 + 0.1 * steps_since_capture
+
+
+@pytest.mark.parametrize("rule", [RhoWeight(), RhoRampWeight(0.04), UnitWeight(),
+                                  CalibratedWeight(torch.tensor([0.3, 0.8])), _HalfRho()],
+                         ids=["rho", "ramp", "one", "calibrated", "custom"])
+def test_weight_rules_match_oracle(rule):
+    mask, q, k, v = _setup(CASES[0], seed=2)
+    _, stats = triton_path.full_with_stats(q, k, v, mask, rule, torch.float32, design="split")
+    o_out, o_stats = torch_path.full_with_stats(q, k, v, mask, rule, torch.float32)
+    # R = O - w0 O^S is built from the bf16 dense output: its error is measured against |O|
+    assert float((stats.residual - o_stats.residual).norm() / o_out.float().norm()) < tol(q.dtype)
+    q2, k2, v2 = make_qkv(*q.shape, q.dtype, seed=3)
+    out = triton_path.sparse_with_stats(q2, k2, v2, stats, 2)
+    oracle = torch_path.sparse_with_stats(q2, k2, v2, o_stats, 2)
+    assert rel(out, oracle) < tol(q.dtype)
+    # and against the fp64 reference of the reshape, fed the kernel's own stats
+    _, _, ref_w, _ = reference(q2, k2, v2, mask)
+    w = rule.weight(stats.rho.double(), 2)
+    assert rel(out, w[..., None] * ref_w + stats.residual.double()) < tol(q.dtype)
+
+
+def test_sparse_step_reshape_and_outputs_written():
+    mask, q, k, v = _setup(CASES[1], seed=4)
+    counts, indices = mask.block_lists("cpu")
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(q.shape[:3], generator=g) + 0.1
+    r = torch.randn(q.shape, generator=g).to(q.dtype)
+    poisoned = torch.full_like(q, float("nan"))
+    out = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r, out=poisoned)
+    assert torch.isfinite(out).all()
+    _, _, ref_w, _ = reference(q, k, v, mask)
+    assert rel(out, w.double()[..., None] * ref_w + r.double()) < tol(q.dtype)
+    again = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r)
+    assert torch.equal(out, again)
+
+
+def test_inputs_are_checked():
+    mask, q, k, v = _setup(CASES[0])
+    counts, indices = mask.block_lists("cpu")
+    with pytest.raises(ValueError):
+        kernels.sparse_attention(q.float(), k.float(), v.float(), counts, indices, mask.block_size)
+    with pytest.raises(ValueError):
+        kernels.sparse_attention(q, k, v, counts, indices, 32)
+    with pytest.raises(ValueError):
+        kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=counts)
+
+
+def test_head_dim_split():
+    assert kernels.split_head_dim(72, torch.bfloat16) in ((64, 16), (128, 0))
+    assert [kernels.split_head_dim(d) for d in (64, 72, 80, 88, 96, 128)] == \
+        [(64, 0), (64, 16), (64, 16), (64, 32), (64, 32), (128, 0)]

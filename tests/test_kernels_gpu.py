@@ -1,0 +1,142 @@
+"""The compiled Triton kernels on a CUDA GPU at real sizes, against an fp32 reference written here
+(computed one query block at a time on the GPU, from the mask's block lists). Skipped without CUDA.
+Outputs are poisoned with NaN before each run so unwritten elements show; repeat runs must be
+bit-identical. No timing here (see ``python -m rettention.bench``).
+"""
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+import kernels  # noqa: E402
+from rettention import RhoRampWeight, RhoWeight, SparseMask, TokenLayout, triton_path  # noqa: E402
+
+DEV = torch.device("cuda")
+
+
+def reference(q, k, v, mask):
+    """fp32 (O, lse, O^S, lse^S), per query block: all keys, and the keys of the listed key blocks."""
+    b, h, n, d = q.shape
+    out = torch.empty(b, h, n, d, device=DEV)
+    out_w = torch.empty_like(out)
+    lse = torch.empty(b, h, n, device=DEV)
+    lse_w = torch.empty_like(lse)
+    kf, vf = k.float(), v.float()
+    bs = mask.block_size
+    for qb in range(mask.query_blocks):
+        rows = slice(qb * bs, min(n, (qb + 1) * bs))
+        logits = (q[:, :, rows].float() @ kf.transpose(-1, -2)) * d ** -0.5
+        keep = torch.zeros(n, dtype=torch.bool, device=DEV)
+        for kb in mask.key_block_list(qb):
+            keep[int(kb) * bs:(int(kb) + 1) * bs] = True
+        lse[:, :, rows] = torch.logsumexp(logits, -1)
+        out[:, :, rows] = torch.softmax(logits, -1) @ vf
+        wl = logits.masked_fill(~keep, float("-inf"))
+        lse_w[:, :, rows] = torch.logsumexp(wl, -1)
+        out_w[:, :, rows] = torch.softmax(wl, -1) @ vf
+    return out, lse, out_w, lse_w
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def tol(dtype):
+    return 1e-2 if dtype == torch.bfloat16 else 2e-3
+
+
+CASES = [  # (name, layout, kind, density, block, B, H, D, dtype, input layout)
+    ("cogvideox", TokenLayout(grid=(13, 30, 45), text_before=226), "tube", 0.0625, 128, 1, 3, 64, torch.bfloat16, "bnhd"),
+    ("pixart1024", TokenLayout(grid=(1, 64, 64)), "band", 0.03125, 128, 2, 2, 72, torch.float16, "bhnd"),
+    ("flux", TokenLayout(grid=(1, 64, 64), text_before=512), "band", 0.03125, 128, 1, 3, 128, torch.bfloat16, "bnhd"),
+    ("hunyuan-odd", TokenLayout(grid=(5, 27, 48), text_after=77), "local3d", 0.125, 128, 1, 2, 128, torch.bfloat16, "bhnd"),
+    ("d88-odd", TokenLayout(grid=(3, 37, 41), text_before=13), "band", 0.0625, 64, 2, 2, 88, torch.bfloat16, "bnhd"),
+    ("d80-odd", TokenLayout(grid=(2, 45, 61)), "local3d", 0.0625, 128, 1, 3, 80, torch.float16, "bhnd"),
+    ("d96-b32", TokenLayout(grid=(1, 50, 50), text_after=11), "band", 0.125, 32, 1, 2, 96, torch.bfloat16, "bnhd"),
+]
+
+
+def make(case, seed):
+    name, layout, kind, density, block, b, h, d, dtype, order = case
+    mask = SparseMask(layout, density, kind, block_size=block)
+    n = mask.n_tokens
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    shape = (b, h, n, d) if order == "bhnd" else (b, n, h, d)
+    ts = [torch.randn(shape, generator=g, device=DEV).to(dtype) for _ in range(3)]
+    if order == "bnhd":
+        ts = [t.transpose(1, 2) for t in ts]
+    return mask, ts
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_window_kernel(case):
+    mask, (q, k, v) = make(case, 0)
+    counts, indices = mask.block_lists(DEV)
+    out = torch.full_like(q, float("nan"))
+    _, lse = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, return_lse=True, out=out)
+    _, _, ref_w, ref_lse_w = reference(q, k, v, mask)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert rel(out, ref_w) < tol(q.dtype)
+    assert float((lse - ref_lse_w).abs().max()) < 1e-2
+    out2 = torch.full_like(q, float("nan"))
+    kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, out=out2)
+    assert torch.equal(out, out2)
+
+
+@pytest.mark.parametrize("design", ["split", "fused"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_capture_and_sparse_step(case, design):
+    mask, (q, k, v) = make(case, 1)
+    ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
+    rho_ref = torch.exp(ref_lse_w - ref_lse)
+    torch.cuda.synchronize()
+    # poison the allocator's free blocks so that unwritten outputs show as NaN
+    junk = torch.full((4 * q.numel(),), float("nan"), device=DEV, dtype=torch.float32)
+    del junk
+    out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design=design)
+    for t in (out, stats.rho, stats.residual):
+        assert torch.isfinite(t).all()
+    assert rel(out, ref) < tol(q.dtype)
+    assert float((stats.rho - rho_ref).abs().max()) < 1e-2
+    r_ref = ref - rho_ref[..., None] * ref_w
+    assert float((stats.residual.float() - r_ref).norm() / ref.norm()) < tol(q.dtype)
+    # the same inputs through a sparse step give dense attention back
+    again = triton_path.sparse_with_stats(q, k, v, stats, 0)
+    assert rel(again, ref) < tol(q.dtype)
+    # fresh inputs: w * O^S + R with the kernel's stats, against the fp32 window reference
+    _, (q2, k2, v2) = make(case, 2)
+    _, _, ref_w2, _ = reference(q2, k2, v2, mask)
+    junk = torch.full((4 * q.numel(),), float("nan"), device=DEV, dtype=torch.float32)
+    del junk
+    step = triton_path.sparse_with_stats(q2, k2, v2, stats, 1)
+    assert torch.isfinite(step).all()
+    expect = stats.rho[..., None] * ref_w2 + stats.residual.float()
+    assert rel(step, expect) < tol(q.dtype)
+    assert torch.equal(step, triton_path.sparse_with_stats(q2, k2, v2, stats, 1))
+
+
+def test_ramp_rule_and_cudnn_lse_layout():
+    mask, (q, k, v) = make(CASES[2], 3)
+    out, lse = triton_path.dense_with_lse(q, k, v, mask)
+    ref, ref_lse, _, _ = reference(q, k, v, mask)
+    assert rel(out, ref) < tol(q.dtype)
+    assert float((lse.reshape(ref_lse.shape) - ref_lse).abs().max()) < 1e-2
+    rule = RhoRampWeight(0.04)
+    _, stats = triton_path.full_with_stats(q, k, v, mask, rule, q.dtype)
+    _, (q2, k2, v2) = make(CASES[2], 4)
+    _, _, ref_w2, _ = reference(q2, k2, v2, mask)
+    step = triton_path.sparse_with_stats(q2, k2, v2, stats, 3)
+    w = (stats.rho + 0.12).clamp(max=1.0)
+    assert rel(step, w[..., None] * ref_w2 + stats.residual.float()) < tol(q.dtype)
+
+
+def test_dispatcher_routes_cuda_to_triton():
+    import rettention
+    mask, (q, k, v) = make(CASES[1], 5)
+    assert triton_path.available(DEV)
+    out, stats = rettention.attend_full(q, k, v, mask)
+    step = rettention.attend_sparse(q, k, v, mask, stats)
+    ref, _, _, _ = reference(q, k, v, mask)
+    assert rel(out, ref) < tol(q.dtype) and rel(step, ref) < tol(q.dtype)
