@@ -46,7 +46,7 @@ class _Plan:
 
     def __init__(self, mask: SparseMask, device: torch.device):
         self.counts, self.indices = mask.block_lists(device)
-        counts_host = mask._lists.counts
+        counts_host = mask.block_lists("cpu")[0].numpy()
         # Launch order: query blocks with the most key blocks (dense text rows) first, so that the
         # long programs do not trail at the end of the grid; stable, so image blocks keep their order.
         order = sorted(range(len(counts_host)), key=lambda qb: -int(counts_host[qb]))
@@ -125,18 +125,6 @@ def dense_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Spar
     plan = _plan(mask, q.device)
     counts, indices = plan.dense_lists(mask, q.device)
     return kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, return_lse=True)
-
-
-def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The fastest dense attention on this device (cuDNN SDPA where it runs, else SDPA's own choice)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        with sdpa_kernel(backends, set_priority=True):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    except TypeError:                           # older torch: no set_priority
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 
 def _w0_argument(weight: WeightRule, heads: int, device):
