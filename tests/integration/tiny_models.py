@@ -124,3 +124,82 @@ def hunyuan_dit():
         return _cond(torch.randn(1, 8, 64, generator=gen), attention_mask=torch.ones(1, 8),
                      conditioning_mt5xl=torch.randn(1, 8, 64, generator=gen), attention_mask_mt5xl=torch.ones(1, 8))
     return patcher, (1, 4, 32, 32), cond(), cond()
+
+
+def chroma():
+    import comfy.supported_models as sm
+    # the modulation approximator's out_dim is the hidden size; its input is 16 + 16 + 32 = 64
+    patcher = _patcher(sm.Chroma, dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=64,
+                                       hidden_size=128, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                                       axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True,
+                                       in_dim=64, out_dim=128, hidden_dim=64, n_layers=1))
+    gen = torch.Generator().manual_seed(8)
+    pos = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    neg = _cond(torch.randn(1, 12, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen))
+    return patcher, (1, 16, 32, 32), pos, neg
+
+
+def auraflow():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.AuraFlow, dict(cond_seq_dim=64, in_channels=4, out_channels=4, patch_size=2, dim=128,
+                                         n_layers=2, n_double_layers=1, n_heads=2, global_conddim=128,
+                                         max_seq=16 * 16))
+    gen = torch.Generator().manual_seed(9)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen))
+    return patcher, (1, 4, 32, 32), pos, neg
+
+
+def ltxv():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.LTXV, dict(image_model="ltxv", in_channels=128, cross_attention_dim=128,
+                                     attention_head_dim=64, num_attention_heads=2, caption_channels=64,
+                                     num_layers=2))
+    gen = torch.Generator().manual_seed(10)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen), attention_mask=torch.ones(1, 10, dtype=torch.long))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen), attention_mask=torch.ones(1, 10, dtype=torch.long))
+    return patcher, (1, 128, 3, 8, 8), pos, neg
+
+
+def hidream():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.HiDream, dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16,
+                                        num_layers=1, num_single_layers=1, attention_head_dim=64,
+                                        num_attention_heads=2, caption_channels=[64, 64], text_emb_dim=32,
+                                        num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(32, 16, 16),
+                                        max_resolution=(64, 64), llama_layers=[0, 1]))
+    gen = torch.Generator().manual_seed(11)
+
+    def cond():
+        return _cond(torch.randn(1, 8, 64, generator=gen), pooled_output=torch.randn(1, 32, generator=gen),
+                     conditioning_llama3=torch.randn(1, 2, 6, 64, generator=gen))
+    return patcher, (1, 16, 32, 32), cond(), cond()
+
+
+def lumina2():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.Lumina2, dict(image_model="lumina2", patch_size=2, in_channels=16, dim=128, n_layers=2,
+                                        n_refiner_layers=1, n_heads=2, n_kv_heads=2, multiple_of=64,
+                                        ffn_dim_multiplier=None, norm_eps=1e-5, qk_norm=True, cap_feat_dim=64,
+                                        axes_dims=[16, 24, 24], axes_lens=[300, 64, 64]))
+    gen = torch.Generator().manual_seed(12)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen), attention_mask=torch.ones(1, 10, dtype=torch.long))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen), attention_mask=torch.ones(1, 10, dtype=torch.long))
+    return patcher, (1, 16, 32, 32), pos, neg
+
+
+def cosmos_predict2():
+    import comfy.supported_models as sm
+    patcher = _patcher(sm.CosmosT2IPredict2, dict(image_model="cosmos_predict2", max_img_h=64, max_img_w=64,
+                                                  max_frames=16, in_channels=16, out_channels=16, patch_spatial=2,
+                                                  patch_temporal=1, concat_padding_mask=True, model_channels=128,
+                                                  num_blocks=2, num_heads=2, mlp_ratio=2.0,
+                                                  crossattn_emb_channels=64, pos_emb_cls="rope3d",
+                                                  pos_emb_learnable=True, pos_emb_interpolation="crop",
+                                                  use_adaln_lora=True, adaln_lora_dim=32,
+                                                  extra_per_block_abs_pos_emb=False))
+    gen = torch.Generator().manual_seed(13)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen))
+    return patcher, (1, 16, 3, 16, 16), pos, neg
+
