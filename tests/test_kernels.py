@@ -15,6 +15,7 @@ os.environ["TRITON_INTERPRET"] = "1"        # before the kernels are imported
 pytest.importorskip("triton")
 
 import kernels  # noqa: E402
+from reference import kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
 from rettention import (CalibratedWeight, RhoRampWeight, RhoWeight, SparseMask, TokenLayout,  # noqa: E402
                         UnitWeight, torch_path, triton_path)
 
@@ -41,15 +42,6 @@ def reference(q, k, v, mask):
     lse_w = torch.logsumexp(wl, -1)
     out_w = torch.softmax(wl, -1) @ v
     return out, lse, out_w, lse_w
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def tol(dtype):
-    return 1e-2 if dtype == torch.bfloat16 else 2e-3
 
 
 def make_qkv(b, h, n, d, dtype, layout="bhnd", seed=0):

@@ -10,6 +10,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 import kernels  # noqa: E402
+from reference import kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
 from rettention import RhoRampWeight, RhoWeight, SparseMask, TokenLayout, triton_path  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -36,15 +37,6 @@ def reference(q, k, v, mask):
         lse_w[:, :, rows] = torch.logsumexp(wl, -1)
         out_w[:, :, rows] = torch.softmax(wl, -1) @ vf
     return out, lse, out_w, lse_w
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def tol(dtype):
-    return 1e-2 if dtype == torch.bfloat16 else 2e-3
 
 
 CASES = [  # (name, layout, kind, density, block, B, H, D, dtype, input layout)
