@@ -284,10 +284,9 @@ class ForwardContext:
         out, stats = attend_full(q, k, v, mask, weight=weight,
                                  residual_dtype=RESIDUAL_DTYPES[run.config.residual_dtype])
         run.count(CAPTURE)
-        if stats is not None:
-            for chunk, rows in self.chunks(q.shape[0]):
-                run.store.put(layer, chunk, type(stats)(rho=stats.rho[rows], residual=stats.residual[rows],
-                                                        mask=stats.mask, weight=stats.weight))
+        for chunk, rows in self.chunks(q.shape[0]):
+            run.store.put(layer, chunk, type(stats)(rho=stats.rho[rows], residual=stats.residual[rows],
+                                                    mask=stats.mask, weight=stats.weight))
         return out
 
     def _sparse(self, layer, q, k, v, mask):
@@ -309,7 +308,7 @@ class ForwardContext:
         run = self.run
         out, stats = attend_full(q, k, v, mask, weight=RhoWeight(), residual_dtype=torch.float32)
         run.count(CAPTURE)
-        if stats is not None and run.recorder is not None:
+        if run.recorder is not None:
             for chunk, rows in self.chunks(q.shape[0]):
                 sub = type(stats)(rho=stats.rho[rows], residual=stats.residual[rows], mask=mask, weight=stats.weight)
                 run.recorder.record(layer, chunk, run.step, out[rows], sub)

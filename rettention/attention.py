@@ -48,10 +48,6 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Sparse
         raise ValueError(f"q has {q.shape[2]} tokens but the mask's layout has {mask.n_tokens}")
 
 
-def _all_finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 def _backend(q: torch.Tensor):
     """The Triton path for CUDA tensors when it can run there, else the PyTorch path."""
     if not q.is_cuda:
@@ -85,16 +81,14 @@ def attend_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 def attend_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: SparseMask, *,
                 weight: WeightRule = RhoWeight(), residual_dtype: torch.dtype | None = None,
-                ) -> tuple[torch.Tensor, AttentionStats | None]:
+                ) -> tuple[torch.Tensor, AttentionStats]:
     """A capture step: dense attention and the stats (ρ and R_w) a later sparse step needs.
 
-    ``residual_dtype`` is the storage dtype of R_w (default: the input dtype). Inputs with
-    NaN or Inf give dense attention and ``None`` stats (one warning), never an error.
+    ``residual_dtype`` is the storage dtype of R_w (default: the input dtype). Values are not
+    inspected (that would cost a host sync per call): NaN or Inf in the inputs reach the output and
+    the stats of the rows they reach, as they reach dense attention's output.
     """
     check_inputs(q, k, v, mask)
-    if not _all_finite(q, k, v):
-        _warn_once("nonfinite", "Re-ttention: non-finite values in q, k or v; dense attention, no stats")
-        return attend_dense(q, k, v), None
     residual_dtype = residual_dtype or q.dtype
     return _backend(q).full_with_stats(q, k, v, mask, weight, residual_dtype)
 
@@ -105,7 +99,8 @@ def attend_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Spars
     """A sparse step: block-sparse attention over ``mask``, reshaped with the captured stats,
     ``out = w * O_sparse + R_w`` with ``w = weight.weight(rho, steps_since_capture)``.
 
-    ``weight`` must be the rule the stats were captured with. NaN or Inf in q gives dense attention.
+    ``weight`` must be the rule the stats were captured with. As in dense attention, a NaN or Inf
+    in a row of q gives that output row NaN and leaves the other rows alone; nothing else is inspected.
     """
     check_inputs(q, k, v, mask)
     if not isinstance(stats, AttentionStats) or not stats.matches(q, mask):
@@ -114,7 +109,4 @@ def attend_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Spars
         raise ValueError(f"stats were captured with weight rule {stats.weight!r}, not {weight!r}")
     if steps_since_capture < 0:
         raise ValueError(f"steps_since_capture must be >= 0, got {steps_since_capture}")
-    if not _all_finite(q):
-        _warn_once("nonfinite-sparse", "Re-ttention: non-finite values in q; dense attention for this call")
-        return attend_dense(q, k, v)
     return _backend(q).sparse_with_stats(q, k, v, stats, steps_since_capture)
