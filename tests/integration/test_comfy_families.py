@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -12,16 +13,21 @@ import torch
 import tiny_models
 
 FAMILIES = ["wan", "flux", "sd3", "hunyuan_video", "qwen_image", "pixart", "hunyuan_dit",
-            "chroma", "auraflow", "ltxv", "hidream", "lumina2", "cosmos_predict2"]
+            "chroma", "auraflow", "ltxv", "hidream", "lumina2", "cosmos_predict2", "mochi", "cosmos",
+            "flux_kontext", "qwen_image_edit"]
 # self-attention calls per forward, other attention calls per forward (cross-attention, text refiners)
 LAYERS = {"wan": (2, 2), "flux": (2, 0), "sd3": (2, 0), "hunyuan_video": (2, 2), "qwen_image": (2, 0),
           "pixart": (2, 0), "hunyuan_dit": (4, 0), "chroma": (2, 0), "auraflow": (2, 0), "ltxv": (2, 2),
-          "hidream": (2, 0), "lumina2": (3, 1), "cosmos_predict2": (2, 2)}
+          "hidream": (2, 0), "lumina2": (3, 1), "cosmos_predict2": (2, 2), "mochi": (2, 0), "cosmos": (2, 2),
+          "flux_kontext": (2, 0), "qwen_image_edit": (2, 0)}
 # The plan comes from each step's progress (warmup 0.25). With these families' sigma schedules
-# (AuraFlow: discrete flow, shift 1.73; LTXV: shift 2.37; Lumina 2: shift 6) step 2 starts just
-# below 25% progress,
-# so it stays dense and the capture moves to step 3.
-PLANS = {"auraflow": "DDDCSSSS", "ltxv": "DDDCSSSS", "lumina2": "DDDCSSSS"}
+# (AuraFlow: discrete flow, shift 1.73; LTXV: shift 2.37; Lumina 2 and Mochi: shift 6) step 2 starts just
+# below 25% progress, so it stays dense and the capture moves to step 3.
+PLANS = {"auraflow": "DDDCSSSS", "ltxv": "DDDCSSSS", "lumina2": "DDDCSSSS", "mochi": "DDDCSSSS"}
+# Forwards per model evaluation: ComfyUI cannot batch cond and uncond when their conditioning differs in
+# kind (Mochi: prompts of different lengths, num_tokens; Kontext: a reference latent on the positive only)
+# and runs one forward each.
+FORWARDS = {"mochi": 2, "flux_kontext": 2}
 # Self-attention calls per forward that carry an attention mask and so stay dense by design:
 # Lumina 2's noise refiner always passes its (padding) image mask; its main layers get none when
 # the text mask is all ones, and go sparse. (Its text-only context refiner is passed through.)
@@ -85,6 +91,8 @@ def test_calls_per_step_and_finite(comfy_env, name):
     layers, others = LAYERS[name]
     masked = MASKED.get(name, 0)
     assert report["layers_per_forward"] == layers
+    forwards = FORWARDS.get(name, 1)
+    layers, others, masked = layers * forwards, others * forwards, masked * forwards
     for step, mode in enumerate(report["plan"]):
         counts = report["counts"][step]
         expected = {"D": "dense", "C": "capture", "S": "sparse"}[mode]
@@ -111,6 +119,43 @@ def test_density_one_equals_unpatched(comfy_env, name):
     reports = observe(comfy_env, patched)
     assert close(sample(patched, name), base)
     assert "S" in reports[0]["plan"]
+
+
+# What the adapter sees per model evaluation: {(N_q, N_k, mask set, layout or None): calls}, layout as
+# (grid, text_before, text_after). Joint families put their text (and reference latents) around the image.
+CALLS = {
+    # Mochi: [image, text cropped to num_tokens] per block, no mask: 3x4x4 image tokens + 10 (cond) / 4 (uncond)
+    "mochi": {(58, 58, False, ((3, 4, 4), 0, 10)): 2, (52, 52, False, ((3, 4, 4), 0, 4)): 2},
+    # Cosmos 1: image-only self-attention over 3x8x8 tokens, then cross-attention to the 10 text tokens
+    "cosmos": {(192, 192, False, ((3, 8, 8), 0, 0)): 2, (192, 10, False, None): 2},
+    # Flux Kontext: [12 text, 16x16 target, 12x20 reference] in double and single blocks (the grid is the
+    # target's); the uncond forward has no reference: [12 text, 16x16 target]
+    "flux_kontext": {(508, 508, False, ((1, 16, 16), 12, 240)): 2, (268, 268, False, ((1, 16, 16), 12, 0)): 2},
+    # Qwen-Image-Edit: [10 text, 16x16 target, 16x16 reference]
+    "qwen_image_edit": {(522, 522, False, ((1, 16, 16), 10, 256)): 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_joint_and_reference_layouts(comfy_env, monkeypatch, name):
+    adapter = sys.modules[comfy_env["pack"].__name__ + ".nodes.adapter"]
+    seen = []
+    attend = adapter.ForwardContext.attend
+
+    def spy(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate):
+        n_q, n_k = (q.shape[2], k.shape[2]) if skip_reshape else (q.shape[1], k.shape[1])
+        layout = self.layout(n_q) if n_q == n_k else None
+        seen.append((n_q, n_k, mask is not None,
+                     None if layout is None else (layout.grid, layout.text_before, layout.text_after)))
+        return attend(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate)
+
+    monkeypatch.setattr(adapter.ForwardContext, "attend", spy)
+    patched = patch(comfy_env, build(name)[0])
+    reports = observe(comfy_env, patched)
+    assert torch.isfinite(sample(patched, name)).all()
+    per_step = {call: count / STEPS for call, count in Counter(seen).items()}
+    assert per_step == CALLS[name]
+    assert "C" in reports[0]["plan"] and "S" in reports[0]["plan"]
 
 
 @pytest.mark.parametrize("name", ["wan", "flux", "pixart"])

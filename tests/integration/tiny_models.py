@@ -203,3 +203,67 @@ def cosmos_predict2():
     neg = _cond(torch.randn(1, 10, 64, generator=gen))
     return patcher, (1, 16, 3, 16, 16), pos, neg
 
+
+
+def mochi():
+    import comfy.supported_models as sm
+    # AsymmetricJointBlock asserts hidden_size_x * mlp_ratio_x == 12288, so hidden 128 takes ratio 96 (a SwiGLU
+    # of width 8192 after FeedForward's 2/3): ~3.4M parameters a block. Two blocks: the last one does not
+    # update the text. The text mask crops the text (num_tokens) before the joint attention.
+    patcher = _patcher(sm.GenmoMochi, dict(image_model="mochi_preview", depth=2, patch_size=2, num_heads=2,
+                                           hidden_size_x=128, hidden_size_y=64, mlp_ratio_x=96.0, mlp_ratio_y=4.0,
+                                           learn_sigma=False, in_channels=12, qk_norm=True, qkv_bias=False,
+                                           out_bias=True, attn_drop=0.0, patch_embed_bias=True,
+                                           posenc_preserve_area=True, timestep_mlp_bias=True,
+                                           attend_to_padding=False, timestep_scale=1000.0, use_t5=True,
+                                           t5_feat_dim=64, t5_token_length=16, rope_theta=10000.0))
+    gen = torch.Generator().manual_seed(14)
+
+    def cond(tokens):       # T5 output padded to 16 tokens, the mask (long, as ComfyUI's T5) marks the real ones
+        mask = torch.zeros(1, 16, dtype=torch.long)
+        mask[:, :tokens] = 1
+        return _cond(torch.randn(1, 16, 64, generator=gen), attention_mask=mask)
+    # prompts of different lengths: num_tokens differs, so ComfyUI runs cond and uncond as separate forwards
+    return patcher, (1, 12, 3, 8, 8), cond(10), cond(4)
+
+
+def cosmos():
+    import comfy.supported_models as sm
+    # Cosmos 1 (GeneralDIT, "FA-CA-MLP" blocks in THWBD layout) as model_detection sets it up; its forward
+    # needs the extra learnable per-block position embedding.
+    patcher = _patcher(sm.CosmosT2V, dict(image_model="cosmos", max_img_h=64, max_img_w=64, max_frames=16,
+                                          in_channels=16, out_channels=16, patch_spatial=2, patch_temporal=1,
+                                          model_channels=128, block_config="FA-CA-MLP", concat_padding_mask=True,
+                                          pos_emb_cls="rope3d", pos_emb_learnable=False, pos_emb_interpolation="crop",
+                                          block_x_format="THWBD", affline_emb_norm=True, use_adaln_lora=True,
+                                          adaln_lora_dim=32, num_blocks=2, num_heads=2, mlp_ratio=2.0,
+                                          crossattn_emb_channels=64, extra_per_block_abs_pos_emb=True,
+                                          extra_per_block_abs_pos_emb_type="learnable"))
+    gen = torch.Generator().manual_seed(15)
+    pos = _cond(torch.randn(1, 10, 64, generator=gen))
+    neg = _cond(torch.randn(1, 10, 64, generator=gen))
+    return patcher, (1, 16, 3, 16, 16), pos, neg
+
+
+def _with_reference_latents(built, ref_shapes, negative, seed=16):
+    """A built tiny model whose conditioning carries ``reference_latents``, the way ComfyUI's ReferenceLatent
+    node (or TextEncodeQwenImageEdit) adds them: to the positive, and to the negative when ``negative``."""
+    patcher, shape, pos, neg = built
+    gen = torch.Generator().manual_seed(seed)
+    refs = [torch.randn(s, generator=gen) for s in ref_shapes]
+
+    def add(cond):
+        return [[context, dict(extra, reference_latents=list(refs))] for context, extra in cond]
+    return patcher, shape, add(pos), add(neg) if negative else neg
+
+
+def flux_kontext():
+    # the tiny Flux with one reference image of another size than the target (24x40 latent, 12x20 tokens), on
+    # the positive only as in ComfyUI's Kontext template (negative: the prompt zeroed out, no reference)
+    return _with_reference_latents(flux(), [(1, 16, 24, 40)], negative=False)
+
+
+def qwen_image_edit():
+    # the tiny Qwen-Image with one reference latent of the target's size (the Wan VAE's 5-D latent) on both
+    # prompts, as TextEncodeQwenImageEdit encodes each with the image
+    return _with_reference_latents(qwen_image(), [(1, 16, 1, 32, 32)], negative=True)
