@@ -161,7 +161,7 @@ def test_every_method_equals_full_attention_when_the_window_covers_every_key():
 
 
 def test_benchmark_runs_every_method_and_kind_on_a_tiny_video_model(tmp_path):
-    from rettention.testbed.evaluate import format_best, format_layers, format_table, write_pictures
+    from rettention.testbed.evaluate import format_best, format_layers, format_table, format_verdict, write_pictures
 
     model = randomize(DiT(TINY_VIDEO), seed=4).eval()
     opts = _opts(densities=(0.25,), seeds=1, calib_seeds=1)
@@ -177,6 +177,7 @@ def test_benchmark_runs_every_method_and_kind_on_a_tiny_video_model(tmp_path):
         assert by[(kind, "plain")]["rho_capture"] == []
     assert "calibrated w(s)" in format_table(result) and "err cal" in format_layers(result)
     assert format_best(result).count("\n") == len(opts.kinds)
+    assert "target Re-ttention PSNR >= 28 dB" in format_verdict(result, 28.0)
     legend = write_pictures(result, str(tmp_path / "v.png"), opts.kinds)
     assert legend[0] == "full" and len(legend) == 1 + 2 * len(opts.kinds)
     assert os.path.getsize(tmp_path / "v.png") > 100

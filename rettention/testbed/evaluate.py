@@ -371,6 +371,46 @@ def format_best(result: ModelResult) -> str:
     return "\n".join(lines)
 
 
+def format_verdict(result: ModelResult, target_psnr: float | None = None) -> str:
+    """Evidence for the defaults: per schedule and density, methods ranked by PSNR (mean over kinds)
+    with their SSIM; the best kind for Re-ttention; where the paper's rules lose to residual-only;
+    whether Re-ttention reaches ``target_psnr`` at the lowest density."""
+    lines = [f"verdict ({result.name}):"]
+    by: dict = defaultdict(dict)
+    for row in result.rows:
+        by[(row["schedule"], row["density"])][(row["kind"], row["method"])] = row
+    low = min((r["density"] for r in result.rows), default=None)
+    for (schedule, density), cells in by.items():
+        kinds = list(dict.fromkeys(k for k, _ in cells))
+        methods = list(dict.fromkeys(m for _, m in cells))
+        mean = {m: (np.mean([cells[(k, m)]["psnr"] for k in kinds]), np.mean([cells[(k, m)]["ssim"] for k in kinds]))
+                for m in methods}
+        ranked = sorted(methods, key=lambda m: -mean[m][0])
+        lines.append(f"  {schedule} {_fmt_density(density)}: by mean PSNR over kinds: "
+                     + " > ".join(f"{SHORT[m]} {mean[m][0]:.2f}/{mean[m][1]:.4f}" for m in ranked))
+        if "rettention" in methods:
+            best_kind = max(kinds, key=lambda k: cells[(k, "rettention")]["psnr"])
+            lines.append(f"    best kind for Re-ttention: {best_kind}")
+        if "residual" in methods:
+            for paper in ("rettention", "rettention_ramp"):
+                if paper not in methods:
+                    continue
+                losses = []
+                for k in kinds:
+                    mine, other = cells[(k, paper)], cells[(k, "residual")]
+                    worse = [m.upper() for m in ("psnr", "ssim") if mine[m] < other[m]]
+                    if worse:
+                        losses.append(f"{k} ({'+'.join(worse)})")
+                if losses:
+                    lines.append(f"    {LABELS[paper]} loses to residual (w=1) at: {', '.join(losses)}")
+        if target_psnr is not None and density == low and "rettention" in methods:
+            hits = {k: cells[(k, "rettention")]["psnr"] >= target_psnr for k in kinds}
+            lines.append(f"    target Re-ttention PSNR >= {target_psnr:g} dB at {_fmt_density(density)}: "
+                         + ", ".join(f"{k} {'yes' if ok else 'NO'} ({cells[(k, 'rettention')]['psnr']:.2f})"
+                                     for k, ok in hits.items()))
+    return "\n".join(lines)
+
+
 def format_layers(result: ModelResult) -> str:
     """Per kind at the lowest density of the first schedule: ρ over the dense run, ρ at the capture
     steps, and each method's relative error of the attention output at the sparse steps."""
@@ -467,6 +507,8 @@ def run_benchmark(names, checkpoints: str, out_dir: str | None, opts_per_model: 
         log(format_table(result))
         log("")
         log(format_best(result))
+        log("")
+        log(format_verdict(result, 28.0 if model.cfg.video else 30.0))
         log("")
         log(format_layers(result))
         entry = to_json(result)
