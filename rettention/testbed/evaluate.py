@@ -1,6 +1,7 @@
 """Fidelity benchmark: the same seeds and conditions sampled with full attention and with each
-reshape method, per mask kind and density; PSNR, SSIM and relative L2 of the final samples against
-full attention, per-layer attention-output errors at the sparse steps, and ρ over the run.
+reshape method, per mask kind and density; PSNR, SSIM and relative L2 of the final samples (clamped
+to [-1, 1]) against full attention, per-layer attention-output errors at the sparse steps, and ρ over
+the run.
 
 All attention goes through the core (rettention.attend_dense / attend_full / attend_sparse); the
 methods differ only in the stats a capture step leaves and the weight rule:
@@ -269,7 +270,7 @@ def evaluate_model(model: DiT, name: str, opts: EvalOptions, log=print) -> Model
         states.append(x.clone())
         x = sample(model, x, cond, opts.steps, opts.guidance, attention=dense_attention, start=i, stop=i + 1,
                    shift=opts.shift)
-    reference = x
+    reference = x.clamp(-1, 1)                          # metrics on the pictures as they would be saved
     result.pictures["full"] = reference[: opts.pictures].cpu()
     t_full = time.time() - t0
     log(f"   full attention run: {t_full:.1f}s")
@@ -299,7 +300,7 @@ def evaluate_model(model: DiT, name: str, opts: EvalOptions, log=print) -> Model
         first = next(i for i, m in enumerate(floor_plan.modes) if m != DENSE)
         hook = SparseRun(floor_plan.modes, floor_plan.steps_since_capture, masks[(opts.kinds[0], low)], "floor")
         out = sample(model, states[first], cond, opts.steps, opts.guidance, attention=hook, start=first,
-                     shift=opts.shift, on_step=hook.on_step)
+                     shift=opts.shift, on_step=hook.on_step).clamp(-1, 1)
         floor = metrics.summary(out, reference)
         result.info["noise_floor"] = floor
         log(f"   noise floor (dense attention through attend_full at every capture/sparse step): "
@@ -321,7 +322,7 @@ def evaluate_model(model: DiT, name: str, opts: EvalOptions, log=print) -> Model
                         hook = SparseRun(plan.modes, plan.steps_since_capture, mask, method,
                                          calibration=calib[(kind, density)], ramp=opts.ramp, measure=opts.measure)
                         out = sample(model, states[start], cond, opts.steps, opts.guidance, attention=hook,
-                                     start=start, shift=opts.shift, on_step=hook.on_step)
+                                     start=start, shift=opts.shift, on_step=hook.on_step).clamp(-1, 1)
                         runs += 1
                         row = {"schedule": plan.summary(), "warmup": warmup, "capture_every": every, "kind": kind,
                                "density": density, "achieved": mask.density, "method": method}
