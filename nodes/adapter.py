@@ -161,6 +161,9 @@ class RunState:
             "peak_bytes": self.store.peak_nbytes,
             "bytes_held": self.store.nbytes,
             "stats_entries": len(self.store),
+            "masks": [{"kind": kind, "grid": layout.grid, "text_tokens": layout.text_before + layout.text_after,
+                       "requested_density": density, "density": mask.density}
+                      for (layout, density, kind), mask in self.masks.items()],
             "calibration_file": self.config.calibrate_path if self.calibrating else None,
             "finished": self.finished,
         }
@@ -178,9 +181,9 @@ class RunState:
                 written = self.config.calibrate_path
                 log.info("Re-ttention: wrote %s (%s)", written, data.summary())
         self.store.close()
+        report = self.report()
         self.masks.clear()
         self.weights.clear()
-        report = self.report()
         report["calibration_written"] = written
         sparse = sum(c.get(SPARSE, 0) for c in self.counts.values())
         capture = sum(c.get(CAPTURE, 0) for c in self.counts.values())

@@ -2,6 +2,7 @@
 
     python -m rettention.bench [--shapes wan_720p,flux_1024] [--densities 0.03125,0.125]
                                [--kinds band,local3d] [--no-flex] [--fused all|first|none] [--json F]
+    python -m rettention.bench e2e --help     # whole sampling runs inside ComfyUI (nodes/bench_e2e.py)
 
 For each shape (B, H, N, D, bf16) it prints median ms and the ratio to cuDNN dense attention, all
 measured in one run on the same inputs: cuDNN SDPA, flash SDPA, cuDNN + its log-sum-exp, and per
@@ -14,7 +15,9 @@ blocks actually computed. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import sys
 
@@ -154,7 +157,36 @@ def print_table(rows, out=sys.stdout):
               f"{r['ms']:9.3f} {r['pct']:7.2f}% {eff:>6s}", file=out)
 
 
+def comfy_boot():
+    """nodes/comfy_boot.py, loaded by its path (it imports no ComfyUI until its ``boot()`` runs, and
+    the pack's own modules can only be imported once ComfyUI has loaded the pack)."""
+    name = "rettention_comfy_boot"
+    module = sys.modules.get(name)
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nodes", "comfy_boot.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def e2e_main(argv) -> None:
+    """``python -m rettention.bench e2e [--comfyui PATH] ...``: boot ComfyUI (on the CPU when there
+    is no CUDA GPU), load the pack, and run its end-to-end benchmark (nodes/bench_e2e.py)."""
+    boot = comfy_boot()
+    comfyui_path, rest = boot.split_comfyui_path(list(argv))
+    problem = boot.check_comfyui_path(comfyui_path)
+    if problem:
+        sys.exit(f"rettention.bench e2e: {problem}")
+    booted = boot.boot(comfyui_path, cpu=not torch.cuda.is_available())
+    booted.pack_module("nodes.bench_e2e").main(rest)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["e2e"]:
+        return e2e_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))

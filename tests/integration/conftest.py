@@ -6,19 +6,17 @@ Run them with a ComfyUI source tree (v0.3.60 or later) whose requirements are in
 
 Without COMFYUI_PATH every test here is skipped (with the reason printed by ``pytest -rs``).
 ComfyUI runs on the CPU (``--cpu``). PyPI's torchvision is a CUDA build that cannot import next to
-CPU-only torch; the ``torchvision::nms`` / ``qnms`` schemas are defined first so ComfyUI starts.
+CPU-only torch; the ``torchvision::nms`` / ``qnms`` schemas are then defined so ComfyUI starts.
 The pack is loaded the way ComfyUI loads custom nodes (``nodes.load_custom_node``), so the tests
-use the same module objects ComfyUI does.
+use the same module objects ComfyUI does. Both are done by nodes/comfy_boot.py, which the end-to-end
+benchmark uses too.
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 SKIP_REASON = None
 if not COMFYUI_PATH:
@@ -41,48 +39,13 @@ def pytest_report_header(config):
     return f"Re-ttention integration: {SKIP_REASON or 'ComfyUI at ' + COMFYUI_PATH}"
 
 
-_COMFY = {}
-
-
-def _define_torchvision_ops():
-    import torch
-
-    if "torchvision_lib" in _COMFY:
-        return
-    try:
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:     # already defined (a working torchvision was imported first)
-        return
-    _COMFY["torchvision_lib"] = lib
-
-
 def boot_comfy():
-    """Import ComfyUI (CPU) once and load this pack as a custom node; returns (nodes module, pack)."""
-    if "pack" in _COMFY:
-        return _COMFY["nodes"], _COMFY["pack"]
-    _define_torchvision_ops()
-    if COMFYUI_PATH not in sys.path:
-        sys.path.insert(0, COMFYUI_PATH)
-    argv = sys.argv
-    sys.argv = [argv[0], "--cpu"]
-    try:
-        import comfy.options
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses --cpu)
-    finally:
-        sys.argv = argv
-    import comfy.model_management  # noqa: F401
-    import comfy.sample  # noqa: F401
-    import nodes
+    """ComfyUI (CPU, with its extra nodes) and this pack, booted once by nodes/comfy_boot.py;
+    returns (ComfyUI's nodes module, the pack)."""
+    from rettention.bench import comfy_boot
 
-    asyncio.run(nodes.init_builtin_extra_nodes())      # comfy_extras (ModelSamplingSD3, FluxGuidance, ...)
-    ok = asyncio.run(nodes.load_custom_node(REPO, module_parent="custom_nodes"))
-    assert ok, "ComfyUI could not load the pack"
-    pack = sys.modules[REPO.replace(".", "_x_")]
-    _COMFY.update(nodes=nodes, pack=pack)
-    return nodes, pack
+    booted = comfy_boot().boot(COMFYUI_PATH, cpu=True, extra_nodes=True)
+    return booted.nodes, booted.pack
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ _BUILT = {}
 
 def build(name):
     if name not in _BUILT:
-        _BUILT[name] = getattr(tiny_models, name)()
+        _BUILT[name] = tiny_models.tiny(name)
     return _BUILT[name]
 
 

@@ -94,12 +94,11 @@ def test_bad_inputs_name_the_input(comfy_env):
 
 def test_unsupported_head_dim_goes_dense(comfy_env):
     import tiny_models
-    import comfy.supported_models as sm
 
-    patcher = tiny_models._patcher(sm.Flux, dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
-                                                 context_in_dim=64, hidden_size=96, mlp_ratio=2.0, num_heads=3,
-                                                 depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000,
-                                                 patch_size=2, qkv_bias=True, guidance_embed=False))
+    patcher = tiny_models.from_config("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
+                                                   context_in_dim=64, hidden_size=96, mlp_ratio=2.0, num_heads=3,
+                                                   depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000,
+                                                   patch_size=2, qkv_bias=True, guidance_embed=False))
     _, shape, pos, neg = build("flux")
     import comfy.sample
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
