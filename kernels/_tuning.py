@@ -50,6 +50,17 @@ def split_head_dim(head_dim: int, dtype: torch.dtype | None = None) -> tuple[int
     return da, db
 
 
+def wide_offsets(n: int, mask_block: int, *tensors: torch.Tensor | None) -> bool:
+    """True when a row offset (token index x stride along N, in elements) can pass 2^31 in one of
+    ``tensors`` (B, H, N[, D]): the kernels then index rows in 64 bits (WIDE), else in 32.
+
+    ComfyUI's single-stream blocks (Flux, HunyuanVideo) hand over q, k, v sliced out of one
+    projection with stride 3 H D + mlp width along N: 21504 elements for HunyuanVideo, where
+    119056 tokens overflow 32-bit row offsets (an illegal memory access, seen on the H200)."""
+    rows = n + mask_block                      # tail tiles form (masked) addresses past N
+    return any(t is not None and rows * max(t.stride(2), 1) >= 2 ** 31 for t in tensors)
+
+
 def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list[Config]:
     """Hopper-leaning candidates, filtered so that BLOCK_M and BLOCK_N divide the mask block."""
     if INTERPRET:

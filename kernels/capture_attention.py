@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._tiles import load_part_b, load_tile, store_tile, tile_logits
-from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
+from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim, wide_offsets
 from .sparse_attention import _check_qkv
 
 
@@ -68,7 +68,7 @@ def _capture_attention_fwd(
     H, N, idx_stride, qk_scale,
     HEAD_DIM: tl.constexpr, MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     DA: tl.constexpr, DB: tl.constexpr, DBX: tl.constexpr, EVEN_N: tl.constexpr,
-    W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+    W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr, WIDE: tl.constexpr,
 ):
     SPLIT: tl.constexpr = MB // BM
     SUB: tl.constexpr = MB // BN
@@ -77,6 +77,8 @@ def _capture_attention_fwd(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     qb = tl.load(Order + pid_m // SPLIT)
+    if WIDE:                                # row x stride can pass 2^31: 64-bit row offsets
+        qb = qb.to(tl.int64)
     offs_m = qb * MB + (pid_m % SPLIT) * BM + tl.arange(0, BM)
     d_a = tl.arange(0, DA)
     d_b = HEAD_DIM - DBX + tl.arange(0, DBX)   # B part: the last DB columns (see _tiles.py)
@@ -116,20 +118,26 @@ def _capture_attention_fwd(
     nxt = tl.load(row)
     for j in range(0, n_full):
         in_win = j == nxt
+        key0 = j * MB
+        if WIDE:
+            key0 = key0.to(tl.int64)
         for s in tl.static_range(SUB):
             acc_a, acc_b, l_i, m_i, sacc_a, sacc_b, l_s, m_s = _dual_step(
                 acc_a, acc_b, l_i, m_i, sacc_a, sacc_b, l_s, m_s, in_win,
-                q_a, q_b, k_base, v_base, j * MB + s * BN, N, s_kn, s_kd, s_vn, s_vd, qk_scale,
+                q_a, q_b, k_base, v_base, key0 + s * BN, N, s_kn, s_kd, s_vn, s_vd, qk_scale,
                 BN, DA, DB, HEAD_DIM, False, UPCAST)
         ptr += in_win.to(tl.int32)
         nxt = tl.load(row + tl.minimum(ptr, count - 1))
     if not EVEN_N:
         j = n_blocks - 1
         in_win = j == nxt
+        key0 = j * MB
+        if WIDE:
+            key0 = key0.to(tl.int64)
         for s in tl.static_range(SUB):
             acc_a, acc_b, l_i, m_i, sacc_a, sacc_b, l_s, m_s = _dual_step(
                 acc_a, acc_b, l_i, m_i, sacc_a, sacc_b, l_s, m_s, in_win,
-                q_a, q_b, k_base, v_base, j * MB + s * BN, N, s_kn, s_kd, s_vn, s_vd, qk_scale,
+                q_a, q_b, k_base, v_base, key0 + s * BN, N, s_kn, s_kd, s_vn, s_vd, qk_scale,
                 BN, DA, DB, HEAD_DIM, True, UPCAST)
 
     # ---- epilogue: O, rho, R --------------------------------------------------------------------
@@ -210,6 +218,7 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
             *args, HEAD_DIM=head_dim, MB=mask_block, BM=config.block_m, BN=config.block_n,
             DA=da, DB=db, DBX=max(db, 16), EVEN_N=(n % mask_block == 0),
             W0_MODE=w0_mode, WRITE_LSE=return_lse, UPCAST=INTERPRET,
+            WIDE=wide_offsets(n, mask_block, q, k, v, out, residual),
             num_warps=config.num_warps, num_stages=config.num_stages)
 
     key = ("capture", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, w0_mode,

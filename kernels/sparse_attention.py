@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._tiles import load_part_b, load_tile, online_step, store_tile
-from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
+from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim, wide_offsets
 
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 
@@ -46,6 +46,7 @@ def _sparse_attention_fwd(
     HEAD_DIM: tl.constexpr, MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     DA: tl.constexpr, DB: tl.constexpr, DBX: tl.constexpr, EVEN_N: tl.constexpr,
     MODE: tl.constexpr, W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     SPLIT: tl.constexpr = MB // BM          # programs per mask query block
     SUB: tl.constexpr = MB // BN            # key tiles per mask key block
@@ -54,6 +55,8 @@ def _sparse_attention_fwd(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     qb = tl.load(Order + pid_m // SPLIT)    # heavy (dense text) query blocks first
+    if WIDE:                                # row x stride can pass 2^31: 64-bit row offsets
+        qb = qb.to(tl.int64)
     offs_m = qb * MB + (pid_m % SPLIT) * BM + tl.arange(0, BM)
     d_a = tl.arange(0, DA)
     d_b = HEAD_DIM - DBX + tl.arange(0, DBX)   # B part: the last DB columns (see _tiles.py)
@@ -86,12 +89,16 @@ def _sparse_attention_fwd(
         n_full = count - 1                  # the last entry may be the ragged tail block
     for i in range(0, n_full):
         start = tl.load(row + i) * MB
+        if WIDE:
+            start = start.to(tl.int64)
         for s in tl.static_range(SUB):
             acc_a, acc_b, l_i, m_i = online_step(
                 acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, start + s * BN, N,
                 s_kn, s_kd, s_vn, s_vd, qk_scale, BN, DA, DB, DBX, HEAD_DIM, False, UPCAST)
     if not EVEN_N:
         start = tl.load(row + count - 1) * MB
+        if WIDE:
+            start = start.to(tl.int64)
         for s in tl.static_range(SUB):
             acc_a, acc_b, l_i, m_i = online_step(
                 acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, start + s * BN, N,
@@ -235,6 +242,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
             *args, HEAD_DIM=head_dim, MB=mask_block, BM=config.block_m, BN=config.block_n,
             DA=da, DB=db, DBX=max(db, 16), EVEN_N=(n % mask_block == 0),
             MODE=mode, W0_MODE=w0_mode, WRITE_LSE=return_lse, UPCAST=INTERPRET,
+            WIDE=wide_offsets(n, mask_block, q, k, v, out, weight, residual, out_full, lse_full),
             num_warps=config.num_warps, num_stages=config.num_stages)
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,

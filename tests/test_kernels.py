@@ -160,3 +160,32 @@ def test_head_dim_split():
     assert kernels.split_head_dim(72, torch.bfloat16) in ((64, 16), (128, 0))
     assert [kernels.split_head_dim(d) for d in (64, 72, 80, 88, 96, 128)] == \
         [(64, 0), (64, 16), (64, 16), (64, 32), (64, 32), (128, 0)]
+
+
+def test_wide_offsets_are_chosen_for_packed_projections():
+    """64-bit row offsets exactly when token x stride along N can pass 2^31 (a HunyuanVideo single
+    block: q, k, v sliced from one projection, stride 21504 along N, 119056 tokens)."""
+    packed = torch.empty_strided((1, 24, 119056, 128), (0, 128, 21504, 1), device="meta")
+    plain = torch.empty_strided((1, 24, 119056, 128), (0, 119056 * 128, 128, 1), device="meta")
+    assert kernels._tuning.wide_offsets(119056, 128, plain, packed)
+    assert not kernels._tuning.wide_offsets(119056, 128, plain, None)
+    assert not kernels._tuning.wide_offsets(16896, 128, packed)          # Flux 2048^2: fits
+
+
+@pytest.mark.parametrize("design", ["split", "fused"])
+def test_wide_offset_path_matches_fp64(monkeypatch, design):
+    """The 64-bit row-offset variant of both kernels, forced on at a small size, on q, k, v sliced
+    out of one packed projection as ComfyUI's single-stream blocks pass them."""
+    import importlib
+    for name in ("kernels.sparse_attention", "kernels.capture_attention"):
+        monkeypatch.setattr(importlib.import_module(name), "wide_offsets", lambda *a, **k: True)
+    mask = SparseMask(TokenLayout(grid=(1, 5, 9), text_after=5), 0.25, "band", block_size=16)
+    n, h, d = mask.n_tokens, 2, 64
+    g = torch.Generator().manual_seed(7)
+    packed = torch.randn(1, n, 3 * h * d + 40, generator=g).to(torch.bfloat16)   # + an MLP part
+    q, k, v = packed[..., :3 * h * d].view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design=design)
+    ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
+    assert rel(out, ref) < tol(q.dtype)
+    assert float((stats.rho.double() - torch.exp(ref_lse_w - ref_lse)).abs().max()) < 1e-3
+    assert rel(triton_path.sparse_with_stats(q, k, v, stats, 0), ref) < tol(q.dtype)

@@ -132,3 +132,21 @@ def test_dispatcher_routes_cuda_to_triton():
     step = rettention.attend_sparse(q, k, v, mask, stats)
     ref, _, _, _ = reference(q, k, v, mask)
     assert rel(out, ref) < tol(q.dtype) and rel(step, ref) < tol(q.dtype)
+
+
+def test_packed_projection_past_32bit_row_offsets():
+    """q, k, v sliced from one packed projection as a HunyuanVideo single block passes them (stride
+    21504 along N): token x stride passes 2^31, which faulted before 64-bit row offsets."""
+    mask = SparseMask(TokenLayout(grid=(33, 45, 80), text_after=256), 0.0625, "local3d")
+    n, h, d, width = mask.n_tokens, 2, 128, 21504
+    g = torch.Generator(device=DEV).manual_seed(11)
+    packed = torch.randn(1, n, width, generator=g, device=DEV, dtype=torch.bfloat16)
+    q, k, v = packed[..., :3 * h * d].view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    assert (n + 128) * v.stride(2) >= 2 ** 31
+    out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype)
+    step = triton_path.sparse_with_stats(q, k, v, stats, 0)
+    torch.cuda.synchronize()
+    rows = slice(n - 700, n)                   # the last image rows, the ragged tail and the text rows
+    logits = (q[:, :, rows].float() @ k.float().transpose(-1, -2)) * d ** -0.5
+    ref = torch.softmax(logits, -1) @ v.float()
+    assert rel(out[:, :, rows], ref) < tol(q.dtype) and rel(step[:, :, rows], ref) < tol(q.dtype)
