@@ -103,17 +103,6 @@ def available(device) -> bool:
     return ok
 
 
-def _plain_layout(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a (B, H, N, D)- or (B, N, H, D)-contiguous tensor, copying only other views.
-
-    cuDNN's attention faulted (illegal memory access, H200, torch 2.11) on a v sliced out of a packed
-    qkv projection (ComfyUI's Flux/HunyuanVideo single blocks: stride along N = 3 H D); the copy
-    costs one pass over v, well under 1% of the dense attention it feeds."""
-    if t.is_contiguous() or t.transpose(1, 2).is_contiguous():
-        return t
-    return t.contiguous()
-
-
 def dense_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: SparseMask | None = None):
     """The fastest dense attention that returns its natural-log log-sum-exp: (out, lse (B,H,N[,1]) fp32).
 
@@ -121,8 +110,7 @@ def dense_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Spar
     key = (q.device, q.dtype, q.shape[-1])
     if ("cudnn",) + key not in _dense_broken:
         try:
-            res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-                _plain_layout(q), _plain_layout(k), _plain_layout(v), None, True, 0.0, False, False)
+            res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)
             return res[0], res[1]
         except Exception:
             _dense_broken.add(("cudnn",) + key)
