@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, RhoWeight, Schedule, SparseMask, block_size_for,
-                          StatsStore, attend_full, attend_sparse, check_inputs)
+from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, RhoWeight, Schedule, SparseMask, StatsStore,
+                          UnitWeight, attend_full, attend_sparse, block_size_for, check_inputs)
 from ..rettention.calibration import CalibrationData, CalibrationRecorder, save_stats_file
 from .families import Family, default_mask_kind, latent_grids, self_attention_layout
 
@@ -145,8 +145,8 @@ class RunState:
         data = self.config.calibration
         if data is None or layer >= data.layers or data.heads != heads:
             self.note_once(f"calib-{layer}", f"no calibrated weight for layer {layer} with {heads} heads "
-                           "in the stats file; using w = rho there")
-            return RhoWeight()
+                           "in the stats file; using w = 1 there")
+            return UnitWeight()
         per_head = torch.from_numpy(data.weight_at(layer, self.sigma if self.sigma is not None else 0.0).copy())
         return CalibratedWeight(per_head)
 

@@ -89,10 +89,11 @@ class SparsitySchedule(io.ComfyNode):
                 io.String.Input("density_steps", default="", multiline=False,
                                 tooltip="Optional 'progress:density' pairs, e.g. '0.5:0.03, 0.8:0.02': from that "
                                         "progress on, use that density (takes effect at the next capture)."),
-                io.Combo.Input("weight", options=WEIGHT_CHOICES, default="rho",
-                               tooltip="Reshape weight w in out = w*O_sparse + R: rho (paper, lambda=0), "
-                                       "rho_ramp (rho + lambda*k), one (residual sharing), calibrated "
-                                       "(fitted per layer and head from a stats file)."),
+                io.Combo.Input("weight", options=WEIGHT_CHOICES, default="one",
+                               tooltip="Reshape weight w in out = w*O_sparse + R: one (residual sharing, the "
+                                       "default: best without a stats file on the pack's testbed), rho (paper, "
+                                       "lambda=0), rho_ramp (rho + lambda*k), calibrated (fitted per layer and "
+                                       "head from a stats file: best of all)."),
                 io.Float.Input("ramp", default=0.04, min=0.0, max=1.0, step=0.005,
                                tooltip="lambda for the rho_ramp rule: added to rho per sparse step since the capture."),
             ],

@@ -56,7 +56,7 @@ def flux(name="rettention_flux_t2i", calibrate=False):
     neg = g.add("CLIPTextEncode", [""], clip=(clip, 0))
     guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
     latent = g.add("EmptySD3LatentImage", [1024, 1024, 1])
-    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "calibrated" if calibrate else "rho", 0.04])
+    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "calibrated" if calibrate else "one", 0.04])
     if calibrate:
         calib = g.add("RettentionCalibrateStats", ["flux_calibration", 0.0625, "auto", 0.04], model=(unet, 0))
         first = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(calib, 0),
