@@ -79,7 +79,7 @@ class SparseRun:
         self.modes, self.since, self.mask, self.method = modes, since, mask, method
         self.calibration, self.ramp, self.measure = calibration, ramp, measure
         self.step, self.sigma = 0, 1.0
-        self.stats: dict[int, AttentionStats | None] = {}
+        self.stats: dict[int, AttentionStats] = {}
         self.err: dict[tuple[int, int], list] = {}          # (layer, since) -> [Σ|out-ref|², Σ|ref|²]
         self.rho: dict[int, list] = defaultdict(list)        # layer -> [(step, mean rho)]
 
@@ -106,9 +106,7 @@ class SparseRun:
             return attend_full(q, k, v, self.mask)[0]
         if mode == CAPTURE:
             return self._capture(q, k, v, layer)
-        stats = self.stats.get(layer)
-        if stats is None:                                 # non-finite inputs at the capture
-            return attend_dense(q, k, v)
+        stats = self.stats[layer]
         out = attend_sparse(q, k, v, self.mask, stats, weight=stats.weight,
                             steps_since_capture=self.since[self.step])
         if self.measure:
@@ -125,11 +123,10 @@ class SparseRun:
                                                residual=torch.zeros_like(q), mask=self.mask, weight=UnitWeight())
             return out
         out, stats = attend_full(q, k, v, self.mask, weight=self.rule(layer, q.shape[1]))
-        if stats is not None:
-            self.rho[layer].append((self.step, stats.rho.mean()))
-            if self.method == "rho_only":
-                stats = AttentionStats(rho=stats.rho, residual=torch.zeros_like(stats.residual), mask=self.mask,
-                                       weight=RhoWeight())
+        self.rho[layer].append((self.step, stats.rho.mean()))
+        if self.method == "rho_only":
+            stats = AttentionStats(rho=stats.rho, residual=torch.zeros_like(stats.residual), mask=self.mask,
+                                   weight=RhoWeight())
         self.stats[layer] = stats
         return out
 
@@ -167,8 +164,7 @@ class RecordRun:
         out = None
         for key, mask in self.masks.items():
             o, stats = attend_full(q, k, v, mask, weight=RhoWeight(), residual_dtype=torch.float32)
-            if stats is not None:
-                self.recorders[key].record(layer, 0, self.step, o, stats)
+            self.recorders[key].record(layer, 0, self.step, o, stats)
             out = o if out is None else out
         return out
 
