@@ -1,7 +1,7 @@
 """Start ComfyUI inside this Python process and load this pack the way ComfyUI loads custom nodes.
 
 Used by the integration tests (tests/integration/conftest.py) and by the end-to-end benchmark
-(``python -m rettention.bench e2e``). This file is loaded by its path (``load()`` in
+(``python -m rettention.bench e2e``). This file is loaded by its path (``comfy_boot()`` in
 rettention/bench.py), not as part of the pack: the pack can only be imported once ComfyUI runs.
 It imports nothing from ComfyUI until :func:`boot` is called, and only the standard library and
 torch at import time.

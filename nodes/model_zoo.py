@@ -135,6 +135,15 @@ MODELS: dict[str, dict[str, ModelSpec]] = {
             n_kv_heads=2, multiple_of=64, ffn_dim_multiplier=None, norm_eps=1e-5, qk_norm=True, cap_feat_dim=64,
             axes_dims=[16, 24, 24], axes_lens=[300, 64, 64]), (10, 64), (("attention_mask", "ones_long", (1, 10)),)),
     },
+    "cosmos": {     # Cosmos 1 (GeneralDIT, FA-CA-MLP blocks); its forward needs the per-block position embedding
+        "tiny": ModelSpec("CosmosT2V", dict(
+            image_model="cosmos", max_img_h=64, max_img_w=64, max_frames=16, in_channels=16, out_channels=16,
+            patch_spatial=2, patch_temporal=1, model_channels=128, block_config="FA-CA-MLP", concat_padding_mask=True,
+            pos_emb_cls="rope3d", pos_emb_learnable=False, pos_emb_interpolation="crop", block_x_format="THWBD",
+            affline_emb_norm=True, use_adaln_lora=True, adaln_lora_dim=32, num_blocks=2, num_heads=2, mlp_ratio=2.0,
+            crossattn_emb_channels=64, extra_per_block_abs_pos_emb=True,
+            extra_per_block_abs_pos_emb_type="learnable"), (10, 64)),
+    },
     "cosmos_predict2": {
         "tiny": ModelSpec("CosmosT2IPredict2", dict(
             image_model="cosmos_predict2", max_img_h=64, max_img_w=64, max_frames=16, in_channels=16, out_channels=16,
@@ -151,7 +160,7 @@ TINY_LATENTS: dict[str, tuple[int, ...]] = {
     "wan": (1, 16, 3, 16, 16), "flux": (1, 16, 32, 32), "sd3": (1, 16, 32, 32), "hunyuan_video": (1, 16, 3, 16, 16),
     "qwen_image": (1, 16, 1, 32, 32), "pixart": (1, 4, 64, 64), "hunyuan_dit": (1, 4, 32, 32),
     "chroma": (1, 16, 32, 32), "auraflow": (1, 4, 32, 32), "ltxv": (1, 128, 3, 8, 8), "hidream": (1, 16, 32, 32),
-    "lumina2": (1, 16, 32, 32), "cosmos_predict2": (1, 16, 3, 16, 16),
+    "lumina2": (1, 16, 32, 32), "cosmos_predict2": (1, 16, 3, 16, 16), "cosmos": (1, 16, 3, 16, 16),
 }
 
 

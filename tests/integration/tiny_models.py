@@ -11,8 +11,10 @@ import torch
 
 # family: seed of its conditioning (the latent shape is the model table's TINY_LATENTS)
 SEEDS = {"wan": 1, "flux": 2, "sd3": 3, "hunyuan_video": 4, "qwen_image": 5, "pixart": 6, "hunyuan_dit": 7,
-         "chroma": 8, "auraflow": 9, "ltxv": 10, "hidream": 11, "lumina2": 12, "cosmos_predict2": 13}
-# families built here rather than from the model table (their conditioning has a shape of its own)
+         "chroma": 8, "auraflow": 9, "ltxv": 10, "hidream": 11, "lumina2": 12, "cosmos_predict2": 13,
+         "cosmos": 15}
+# built here rather than from the model table: conditioning the table does not describe (Mochi's prompts
+# of two lengths, reference latents on existing families)
 SPECIAL = {}
 
 
@@ -62,23 +64,6 @@ def mochi():
     return patcher, (1, 12, 3, 8, 8), cond(10), cond(4)
 
 
-def cosmos():
-    # Cosmos 1 (GeneralDIT, "FA-CA-MLP" blocks in THWBD layout) as model_detection sets it up; its forward
-    # needs the extra learnable per-block position embedding.
-    patcher = from_config("CosmosT2V", dict(image_model="cosmos", max_img_h=64, max_img_w=64, max_frames=16,
-                                            in_channels=16, out_channels=16, patch_spatial=2, patch_temporal=1,
-                                            model_channels=128, block_config="FA-CA-MLP", concat_padding_mask=True,
-                                            pos_emb_cls="rope3d", pos_emb_learnable=False,
-                                            pos_emb_interpolation="crop", block_x_format="THWBD",
-                                            affline_emb_norm=True, use_adaln_lora=True, adaln_lora_dim=32,
-                                            num_blocks=2, num_heads=2, mlp_ratio=2.0, crossattn_emb_channels=64,
-                                            extra_per_block_abs_pos_emb=True,
-                                            extra_per_block_abs_pos_emb_type="learnable"))
-    gen = torch.Generator().manual_seed(15)
-    return patcher, (1, 16, 3, 16, 16), _cond(torch.randn(1, 10, 64, generator=gen)), \
-        _cond(torch.randn(1, 10, 64, generator=gen))
-
-
 def _with_reference_latents(built, ref_shapes, negative, seed=16):
     """A built tiny model whose conditioning carries ``reference_latents``, the way ComfyUI's ReferenceLatent
     node (or TextEncodeQwenImageEdit) adds them: to the positive, and to the negative when ``negative``."""
@@ -103,4 +88,4 @@ def qwen_image_edit():
     return _with_reference_latents(tiny("qwen_image"), [(1, 16, 1, 32, 32)], negative=True)
 
 
-SPECIAL.update(mochi=mochi, cosmos=cosmos, flux_kontext=flux_kontext, qwen_image_edit=qwen_image_edit)
+SPECIAL.update(mochi=mochi, flux_kontext=flux_kontext, qwen_image_edit=qwen_image_edit)
