@@ -14,9 +14,11 @@ Epilogues (MODE):
                  R_i   = O_i - w0_i O^S_i     with w0 = rho (W0_MODE 0) or a per-head value (1);
                  W0_MODE 2 stores O^S_i in R for the caller to finish with any other rule.
 
-Only the N tail is masked: every listed block is full except the last key block of the sequence,
-which (lists being ascending) can only be a row's last entry, so only that entry's tiles mask keys.
-Inputs are read through strides: (B, H, N, D) tensors or transposed (B, N, H, D) views alike.
+Every (B, H, N, D) tensor is read and written through a 4-D tensor descriptor (TMA on Hopper and
+newer, plain loads elsewhere), so (B, H, N, D) tensors and transposed (B, N, H, D) views work
+alike, rows past N read as zero and are never written, and coordinates never overflow. Only the
+last key block of the sequence can be ragged; lists being ascending it can only be a row's last
+entry, so only that entry's tiles mask keys.
 """
 from __future__ import annotations
 
@@ -26,60 +28,46 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import load_part_b, load_tile, online_step, store_tile
-from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim, wide_offsets
+from ._tiles import absorb_tile, descriptor_pair, load_rows, online_step, store_rows, tile_logits
+from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 
 
 @triton.jit
 def _sparse_attention_fwd(
-    Q, K, V, Out, Counts, Indices, Order,
-    W, R, OFull, LseFull, Rho, W0, Lse,
-    s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-    s_ob, s_oh, s_on, s_od,
-    s_wb, s_wh, s_wn,
-    s_rb, s_rh, s_rn, s_rd,
-    s_fb, s_fh, s_fn, s_fd,
-    s_lb, s_lh, s_ln,
+    q_a, q_b, k_a, k_b, v_a, v_b, o_a, o_b, r_a, r_b, f_a, f_b,
+    Counts, Indices, Order, W, Rho, W0, LseFull, Lse,
+    s_wb, s_wh, s_wn, s_lb, s_lh, s_ln,
     H, N, idx_stride, qk_scale,
-    HEAD_DIM: tl.constexpr, MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    DA: tl.constexpr, DB: tl.constexpr, DBX: tl.constexpr, EVEN_N: tl.constexpr,
-    MODE: tl.constexpr, W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
-    WIDE: tl.constexpr,
+    MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+    EVEN_N: tl.constexpr, MODE: tl.constexpr, W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr,
+    UPCAST: tl.constexpr, PIPE: tl.constexpr,
 ):
     SPLIT: tl.constexpr = MB // BM          # programs per mask query block
     SUB: tl.constexpr = MB // BN            # key tiles per mask key block
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
     qb = tl.load(Order + pid_m // SPLIT)    # heavy (dense text) query blocks first
-    if WIDE:                                # row x stride can pass 2^31: 64-bit row offsets
-        qb = qb.to(tl.int64)
-    offs_m = qb * MB + (pid_m % SPLIT) * BM + tl.arange(0, BM)
-    d_a = tl.arange(0, DA)
-    d_b = HEAD_DIM - DBX + tl.arange(0, DBX)   # B part: the last DB columns (see _tiles.py)
-    COL_MASK_B: tl.constexpr = DA + DB > HEAD_DIM
-    PAD_A: tl.constexpr = DA > HEAD_DIM           # head dim padded to a power of two
-    PAD_DIM: tl.constexpr = HEAD_DIM if DA > HEAD_DIM else 0
+    row0 = qb * MB + (pid_m % SPLIT) * BM
+    offs_m = row0 + tl.arange(0, BM)
 
-    q_base = Q + b * s_qb + h * s_qh
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    q_a = load_tile(q_base, offs_m, s_qn, d_a, s_qd, N, HEAD_DIM, True, PAD_A)
+    # q: the head dim in two power-of-two parts [0, DA) and [DA, DA + DB), columns past D zero
+    qa = q_a.load([b, h, row0, 0]).reshape(BM, DA)
     if DB > 0:
-        q_b = load_part_b(q_base, offs_m, s_qn, d_b, s_qd, N, DA)
+        qb_ = q_b.load([b, h, row0, DA]).reshape(BM, DB)
     else:
-        q_b = tl.zeros([BM, DBX], dtype=Q.dtype.element_ty)
+        qb_ = qa
     if UPCAST:
-        q_a = q_a.to(tl.float32)
-        q_b = q_b.to(tl.float32)
+        qa = qa.to(tl.float32)
+        qb_ = qb_.to(tl.float32)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc_a = tl.zeros([BM, DA], dtype=tl.float32)
-    acc_b = tl.zeros([BM, DBX], dtype=tl.float32)
+    acc_b = tl.zeros([BM, DB if DB > 0 else 16], dtype=tl.float32)
 
     count = tl.load(Counts + qb)
     row = Indices + qb.to(tl.int64) * idx_stride
@@ -87,69 +75,69 @@ def _sparse_attention_fwd(
         n_full = count
     else:
         n_full = count - 1                  # the last entry may be the ragged tail block
-    for i in range(0, n_full):
-        start = tl.load(row + i) * MB
-        if WIDE:
-            start = start.to(tl.int64)
-        for s in tl.static_range(SUB):
-            acc_a, acc_b, l_i, m_i = online_step(
-                acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, start + s * BN, N,
-                s_kn, s_kd, s_vn, s_vd, qk_scale, BN, DA, DB, DBX, HEAD_DIM, False, UPCAST)
+    if PIPE:
+        # Software pipelining by hand: the next tile's q.k is issued before this tile's softmax, so
+        # the tensor cores run it while the softmax waits on the special-function unit (exp2).
+        n_tiles = n_full * SUB
+        if n_tiles > 0:
+            start = tl.load(row) * MB
+            qk = tile_logits(qa, qb_, k_a, k_b, b, h, start, N, BN, DA, DB, False, UPCAST)
+            for t in range(1, n_tiles):
+                nxt = tl.load(row + t // SUB) * MB + (t % SUB) * BN
+                qk_next = tile_logits(qa, qb_, k_a, k_b, b, h, nxt, N, BN, DA, DB, False, UPCAST)
+                acc_a, acc_b, l_i, m_i = absorb_tile(acc_a, acc_b, l_i, m_i, qk, v_a, v_b, b, h, start,
+                                                     qk_scale, BN, DA, DB, UPCAST)
+                qk = qk_next
+                start = nxt
+            acc_a, acc_b, l_i, m_i = absorb_tile(acc_a, acc_b, l_i, m_i, qk, v_a, v_b, b, h, start,
+                                                 qk_scale, BN, DA, DB, UPCAST)
+    else:
+        for i in range(0, n_full):
+            start = tl.load(row + i) * MB
+            for s in tl.static_range(SUB):
+                acc_a, acc_b, l_i, m_i = online_step(
+                    acc_a, acc_b, l_i, m_i, qa, qb_, k_a, k_b, v_a, v_b, b, h, start + s * BN, N, qk_scale,
+                    BN, DA, DB, False, UPCAST)
     if not EVEN_N:
         start = tl.load(row + count - 1) * MB
-        if WIDE:
-            start = start.to(tl.int64)
         for s in tl.static_range(SUB):
             acc_a, acc_b, l_i, m_i = online_step(
-                acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, start + s * BN, N,
-                s_kn, s_kd, s_vn, s_vd, qk_scale, BN, DA, DB, DBX, HEAD_DIM, True, UPCAST)
+                acc_a, acc_b, l_i, m_i, qa, qb_, k_a, k_b, v_a, v_b, b, h, start + s * BN, N, qk_scale,
+                BN, DA, DB, True, UPCAST)
 
     # ---- epilogue -------------------------------------------------------------------------------
-    o_a = acc_a / l_i[:, None]
-    o_b = acc_b / l_i[:, None]
+    inv_l = 1.0 / l_i
+    out_a = acc_a * inv_l[:, None]
+    out_b = acc_b * inv_l[:, None]
     row_ok = offs_m < N
     stat_offs = pid_bh.to(tl.int64) * N + offs_m          # (B, H, N) contiguous stats
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     if WRITE_LSE:
         tl.store(Lse + stat_offs, lse, mask=row_ok)
-    if MODE == 0:
-        o_base = Out + b * s_ob + h * s_oh
-        store_tile(o_base, offs_m, s_on, d_a, s_od, N, 0, o_a, False, PAD_DIM)
+    if MODE == 1:
+        w = tl.load(W + b.to(tl.int64) * s_wb + h * s_wh + offs_m * s_wn, mask=row_ok, other=0.0)
+        out_a = w.to(tl.float32)[:, None] * out_a + load_rows(r_a, b, h, row0, 0, BM, DA)
         if DB > 0:
-            store_tile(o_base, offs_m, s_on, d_b, s_od, N, DA, o_b, COL_MASK_B)
-    elif MODE == 1:
-        w = tl.load(W + b * s_wb + h * s_wh + offs_m * s_wn, mask=row_ok, other=0.0).to(tl.float32)
-        r_base = R + b * s_rb + h * s_rh
-        o_base = Out + b * s_ob + h * s_oh
-        r_a = load_tile(r_base, offs_m, s_rn, d_a, s_rd, N, HEAD_DIM, True, PAD_A).to(tl.float32)
-        store_tile(o_base, offs_m, s_on, d_a, s_od, N, 0, w[:, None] * o_a + r_a, False, PAD_DIM)
-        if DB > 0:
-            r_b = load_tile(r_base, offs_m, s_rn, d_b, s_rd, N, HEAD_DIM, True, False).to(tl.float32)
-            store_tile(o_base, offs_m, s_on, d_b, s_od, N, DA, w[:, None] * o_b + r_b, COL_MASK_B)
-    else:
-        lse_full = tl.load(LseFull + b * s_lb + h * s_lh + offs_m * s_ln, mask=row_ok, other=0.0)
+            out_b = w.to(tl.float32)[:, None] * out_b + load_rows(r_b, b, h, row0, DA, BM, DB)
+    if MODE == 2:
+        lse_full = tl.load(LseFull + b.to(tl.int64) * s_lb + h * s_lh + offs_m * s_ln, mask=row_ok, other=0.0)
         rho = tl.minimum(tl.exp(lse - lse_full.to(tl.float32)), 1.0)
         tl.store(Rho + stat_offs, rho, mask=row_ok)
-        r_base = R + b * s_rb + h * s_rh
-        if W0_MODE == 2:
-            store_tile(r_base, offs_m, s_rn, d_a, s_rd, N, 0, o_a, False, PAD_DIM)
-            if DB > 0:
-                store_tile(r_base, offs_m, s_rn, d_b, s_rd, N, DA, o_b, COL_MASK_B)
-        else:
+        if W0_MODE != 2:                    # R = O - w0 O^S (W0_MODE 2: R <- O^S)
             if W0_MODE == 0:
                 w0 = rho
             else:
                 w0 = tl.load(W0 + h) + tl.zeros([BM], dtype=tl.float32)
-            f_base = OFull + b * s_fb + h * s_fh
-            f_a = load_tile(f_base, offs_m, s_fn, d_a, s_fd, N, HEAD_DIM, True, PAD_A).to(tl.float32)
-            store_tile(r_base, offs_m, s_rn, d_a, s_rd, N, 0, f_a - w0[:, None] * o_a, False, PAD_DIM)
+            out_a = load_rows(f_a, b, h, row0, 0, BM, DA) - w0[:, None] * out_a
             if DB > 0:
-                f_b = load_tile(f_base, offs_m, s_fn, d_b, s_fd, N, HEAD_DIM, True, False).to(tl.float32)
-                store_tile(r_base, offs_m, s_rn, d_b, s_rd, N, DA, f_b - w0[:, None] * o_b, COL_MASK_B)
-
-
-def _strides(t: torch.Tensor | None, n: int) -> tuple:
-    return tuple(t.stride()) if t is not None else (0,) * n
+                out_b = load_rows(f_b, b, h, row0, DA, BM, DB) - w0[:, None] * out_b
+        store_rows(r_a, b, h, row0, 0, out_a, BM, DA)
+        if DB > 0:
+            store_rows(r_b, b, h, row0, DA, out_b, BM, DB)
+    else:
+        store_rows(o_a, b, h, row0, 0, out_a, BM, DA)
+        if DB > 0:
+            store_rows(o_b, b, h, row0, DA, out_b, BM, DB)
 
 
 def _check_qkv(q, k, v, counts, indices, mask_block):
@@ -157,8 +145,6 @@ def _check_qkv(q, k, v, counts, indices, mask_block):
         raise ValueError(f"q, k, v must be (B, H, N, D) of one shape, got {q.shape}, {k.shape}, {v.shape}")
     if q.dtype not in (torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must all be fp16 or bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("q, k, v need a unit stride along the head dim")
     n = q.shape[2]
     if mask_block not in (16, 32, 64, 128):
         raise ValueError(f"mask block must be 16, 32, 64 or 128, got {mask_block}")
@@ -184,6 +170,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
       None (w0 = rho), an (H,) fp32 tensor (per-head weight) or ``"raw"`` (R <- O^S); returns lse^S
       if asked, else None.
     ``order``: int32 permutation of query blocks (launch order), default ascending.
+    (B, H, N, D) tensors need 16-byte aligned rows (see ``descriptors``); others are copied first.
     """
     _check_qkv(q, k, v, counts, indices, mask_block)
     batch, heads, n, head_dim = q.shape
@@ -199,8 +186,8 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
             raise ValueError("the sparse-step epilogue needs both weight and residual")
     else:
         mode = MODE_PLAIN
-    if residual is not None and (residual.shape != q.shape or residual.stride(-1) != 1):
-        raise ValueError(f"residual must be {tuple(q.shape)} with unit stride along D")
+    if residual is not None and residual.shape != q.shape:
+        raise ValueError(f"residual must be {tuple(q.shape)}")
     if weight is not None and weight.shape != (batch, heads, n):
         raise ValueError(f"weight must be (B, H, N) = {(batch, heads, n)}, got {tuple(weight.shape)}")
     if lse_full is not None:
@@ -222,28 +209,29 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
         out = None
     elif out is None:
         out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError("out must match q's shape and dtype, with unit stride along D")
+    elif out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError("out must match q's shape and dtype")
     lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device) if return_lse else None
-    da, db = split_head_dim(head_dim, q.dtype)
-    dummy = q
-    args = (q, k, v, out if out is not None else dummy, counts, indices, order,
-            weight if weight is not None else dummy, residual if residual is not None else dummy,
-            out_full if out_full is not None else dummy, lse_full if lse_full is not None else dummy,
-            rho if rho is not None else dummy, w0 if w0 is not None else dummy,
-            lse if lse is not None else dummy,
-            *q.stride(), *k.stride(), *v.stride(), *_strides(out, 4), *_strides(weight, 3),
-            *_strides(residual, 4), *_strides(out_full, 4), *_strides(lse_full, 3),
-            heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
+    da, db = split_head_dim(head_dim)
+    stat = rho if rho is not None else (lse if lse is not None else counts)
+    pointers = (counts, indices, order, weight if weight is not None else stat, stat,
+                w0 if w0 is not None else stat, lse_full if lse_full is not None else stat,
+                lse if lse is not None else stat,
+                *(weight.stride() if weight is not None else (0, 0, 0)),
+                *(lse_full.stride() if lse_full is not None else (0, 0, 0)),
+                heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
     def launch(config: Config):
+        bm, bn = config.block_m, config.block_n
+        tensors = (*descriptor_pair(q, bm, da, db), *descriptor_pair(k, bn, da, db),
+                   *descriptor_pair(v, bn, da, db), *descriptor_pair(out, bm, da, db, output=True),
+                   *descriptor_pair(residual, bm, da, db, output=mode == MODE_CAPTURE),
+                   *descriptor_pair(out_full, bm, da, db))
         grid = (counts.shape[0] * (mask_block // config.block_m), batch * heads)
         _sparse_attention_fwd[grid](
-            *args, HEAD_DIM=head_dim, MB=mask_block, BM=config.block_m, BN=config.block_n,
-            DA=da, DB=db, DBX=max(db, 16), EVEN_N=(n % mask_block == 0),
-            MODE=mode, W0_MODE=w0_mode, WRITE_LSE=return_lse, UPCAST=INTERPRET,
-            WIDE=wide_offsets(n, mask_block, q, k, v, out, weight, residual, out_full, lse_full),
-            num_warps=config.num_warps, num_stages=config.num_stages)
+            *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, DA=da, DB=db,
+            EVEN_N=(n % mask_block == 0), MODE=mode, W0_MODE=w0_mode, WRITE_LSE=return_lse,
+            UPCAST=INTERPRET, PIPE=config.pipeline, num_warps=config.num_warps, num_stages=config.num_stages)
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,
            return_lse, work_hint)

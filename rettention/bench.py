@@ -5,9 +5,10 @@
     python -m rettention.bench e2e --help     # whole sampling runs inside ComfyUI (nodes/bench_e2e.py)
 
 For each shape (B, H, N, D, bf16) it prints median ms and the ratio to cuDNN dense attention, all
-measured in one run on the same inputs: cuDNN SDPA, flash SDPA, cuDNN + its log-sum-exp, and per
-mask (kind, density): PyTorch FlexAttention on the same block lists (``BlockMask.from_kv_blocks``),
-our sparse step, our capture step (design "split": cuDNN + lse, then the sparse kernel's capture
+measured in one run on the same inputs (each timed call is one CUDA-graph replay after an L2 flush,
+so the table holds GPU time, not Python launch overhead; see ``bench_ms``): cuDNN SDPA, flash SDPA,
+cuDNN + its log-sum-exp, and per mask (kind, density): PyTorch FlexAttention on the same block
+lists (``BlockMask.from_kv_blocks``), our sparse step, our capture step (design "split": cuDNN + lse, then the sparse kernel's capture
 epilogue; design "fused": one kernel with two accumulators). "eff" is the computed-block efficiency:
 (cuDNN dense ms x mask density) / ms, i.e. the fraction of cuDNN's dense FLOP rate reached on the
 blocks actually computed. Needs a CUDA GPU.
@@ -28,28 +29,51 @@ from .layout import TokenLayout
 from .masks import SparseMask
 from .weights import RhoWeight
 
-# name: (B, H, D, layout)
+# name: (B, H, D, layout). First the shapes (B, H, N, D) of the kernel issue with every token an image
+# token, as the targets and the FlexAttention baseline (../shared/h200-peer-sparse.txt) were measured:
+# a band over N tokens. Where the model has text tokens, N is kept by a one-frame grid of N tokens
+# (its local3d is a 2-D box there). The "+text" rows are the models' own layouts: text rows and
+# columns dense, the video grid for local3d.
 SHAPES = {
     "pixart_1024": (2, 16, 72, TokenLayout(grid=(1, 64, 64))),
     "pixart_2048": (2, 16, 72, TokenLayout(grid=(1, 128, 128))),
-    "flux_1024": (1, 24, 128, TokenLayout(grid=(1, 64, 64), text_before=512)),
-    "cogvideox_2b": (2, 30, 64, TokenLayout(grid=(13, 30, 45), text_before=226)),
+    "flux_1024": (1, 24, 128, TokenLayout(grid=(1, 64, 72))),
+    "cogvideox_2b": (2, 30, 64, TokenLayout(grid=(1, 176, 101))),
     "wan_480p": (1, 40, 128, TokenLayout(grid=(21, 30, 52))),
     "wan_720p": (1, 40, 128, TokenLayout(grid=(21, 45, 80))),
-    "hunyuan_720p": (1, 24, 128, TokenLayout(grid=(33, 45, 80), text_after=256)),
+    "hunyuan_720p": (1, 24, 128, TokenLayout(grid=(1, 112, 1063))),
+    "flux_1024+text": (1, 24, 128, TokenLayout(grid=(1, 64, 64), text_before=512)),
+    "cogvideox_2b+text": (2, 30, 64, TokenLayout(grid=(13, 30, 45), text_before=226)),
+    "hunyuan_720p+text": (1, 24, 128, TokenLayout(grid=(33, 45, 80), text_after=256)),
 }
 DENSITIES = (0.03125, 0.0625, 0.125)
 KINDS = ("band", "local3d")
 
 
 def bench_ms(fn, budget_ms: float = 400.0) -> float:
-    """Median ms over repeated runs timed with CUDA events (L2 flushed before each, as do_bench)."""
+    """Median ms of ``fn`` over repeated runs timed with CUDA events, the L2 cache flushed before
+    each (as ``triton.testing.do_bench``). ``fn`` is captured once in a CUDA graph and each run is a
+    replay, so the time is the GPU's, not Python's launch overhead (which at a few thousand tokens
+    is longer than the kernels); ``fn`` is called directly when it cannot be captured."""
     flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
-    fn()
+    fn()                                        # compile, tune, build caches
     torch.cuda.synchronize()
+    run = fn
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        run = graph.replay
+    except Exception:                           # noqa: BLE001 - not capturable: time it as it is
+        torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    fn()
+    run()
     end.record()
     end.synchronize()
     first = max(start.elapsed_time(end), 1e-3)
@@ -59,7 +83,7 @@ def bench_ms(fn, budget_ms: float = 400.0) -> float:
     for i in range(reps):
         flush.zero_()
         starts[i].record()
-        fn()
+        run()
         ends[i].record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))

@@ -10,8 +10,12 @@ and it is the same at the capture and the sparse steps.
 Windows, in image-local raster order (frame t, row y, column x; a window never leaves the
 grid: near an edge it is shifted inward, so every query sees the same number of keys):
 
-- ``band``:    ``round(density * T*H*W)`` consecutive tokens centred on the query (the paper's
-               PixArt / Hunyuan-DiT mask).
+- ``band``:    consecutive tokens centred on the query *block*: ``density`` times the key
+               blocks, rounded to the odd count in (x - 1, x + 1] so that the band centres, of
+               whole blocks. That is a band of key blocks, the paper's PixArt / Hunyuan-DiT mask
+               as block-sparse kernels and FlexAttention run it. The queries of one block see
+               the same keys anyway; sizing the band in blocks computes the asked density, where
+               a token window centred on each query spilled over into one or two blocks more.
 - ``tube``:    ``round(density * H*W)`` consecutive in-frame positions centred on the query's,
                taken at that same place in every frame (the paper's CogVideoX mask).
 - ``local3d``: a (t, h, w) box around the query whose volume is about ``density * T*H*W``.
@@ -56,7 +60,8 @@ def window_shape(layout: TokenLayout, density: float, kind: str, block_size: int
     """The window size per kind: (tokens,) for band, (in-frame tokens,) for tube, (t, h, w) for local3d."""
     frames, height, width = layout.grid
     if kind == "band":
-        return (_fraction_of(layout.image_tokens, density),)
+        blocks = 2 * math.floor(density * -(-layout.image_tokens // block_size) / 2) + 1
+        return (min(layout.image_tokens, blocks * block_size),)
     if kind == "tube":
         return (_fraction_of(height * width, density),)
     if kind == "local3d":
@@ -98,14 +103,16 @@ def _box_for_density(grid: tuple[int, int, int], density: float, row: int | None
 
 # --- key-token ranges for one block of image queries [first, last] (image-local, inclusive) -------
 
-def _band_key_ranges(layout, shape, first, last):
+def _band_key_ranges(layout, shape, first, last, block_size):
     (width,) = shape
-    n = layout.image_tokens
-    start = window_start([first, last], n, width)
-    return np.array([start[0]]), np.array([start[1] + width])
+    # shifted inward in whole blocks: the last band ends at the padded end of the blocks, so a
+    # ragged last block does not make the bands near the end one block wider
+    padded = max(width, -(-layout.image_tokens // block_size) * block_size)
+    start = window_start((first + last + 1) // 2, padded, width)
+    return np.array([start]), np.array([min(start + width, layout.image_tokens)])
 
 
-def _tube_key_ranges(layout, shape, first, last):
+def _tube_key_ranges(layout, shape, first, last, block_size):
     (width,) = shape
     frames, height, row_width = layout.grid
     frame = height * row_width
@@ -124,7 +131,7 @@ def _tube_key_ranges(layout, shape, first, last):
     return starts, ends
 
 
-def _local3d_key_ranges(layout, shape, first, last):
+def _local3d_key_ranges(layout, shape, first, last, block_size):
     box_t, box_h, box_w = shape
     frames, height, width = layout.grid
     starts, ends = [], []
@@ -167,7 +174,7 @@ def build_block_lists(layout: TokenLayout, kind: str, shape: tuple[int, ...], bl
         if r0 < layout.image_start or r1 > layout.image_end:      # text rows are dense
             lists.append(np.arange(blocks, dtype=np.int32))
             continue
-        starts, ends = key_ranges(layout, shape, r0 - layout.image_start, r1 - 1 - layout.image_start)
+        starts, ends = key_ranges(layout, shape, r0 - layout.image_start, r1 - 1 - layout.image_start, block_size)
         starts = np.concatenate([starts + layout.image_start, [0, layout.image_end]])
         ends = np.concatenate([ends + layout.image_start, [layout.text_before, n]])
         keep = ends > starts

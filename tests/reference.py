@@ -11,15 +11,20 @@ def _start(position, length, width):
     return np.minimum(np.maximum(position - width // 2, 0), length - width)
 
 
-def token_mask(grid, text_before, text_after, kind, window):
-    """(N, N) bool: the token-level design mask (image windows; text rows and columns dense)."""
+def token_mask(grid, text_before, text_after, kind, window, block):
+    """(N, N) bool: the token-level design mask (image windows; text rows and columns dense).
+    A band window is centred on the middle of the image tokens of the query's ``block``."""
     frames, height, width = grid
     n_img = frames * height * width
     n = text_before + n_img + text_after
     i = np.arange(n_img)
     if kind == "band":
         (w,) = window
-        s = _start(i, n_img, w)[:, None]
+        query_block = (text_before + i) // block
+        first = np.maximum(query_block * block, text_before) - text_before
+        last = np.minimum((query_block + 1) * block, text_before + n_img) - 1 - text_before
+        padded = max(w, -(-n_img // block) * block)          # shifted inward in whole blocks
+        s = _start((first + last + 1) // 2, padded, w)[:, None]
         image = (i[None, :] >= s) & (i[None, :] < s + w)
     elif kind == "tube":
         (w,) = window

@@ -27,7 +27,7 @@ def visited(mask):
 @pytest.mark.parametrize("density,block", [(0.03125, 64), (0.125, 128), (0.3, 32)])
 def test_block_lists_match_naive_token_mask(layout, kind, density, block):
     mask = SparseMask(layout, density, kind, block_size=block)
-    tokens = token_mask(layout.grid, layout.text_before, layout.text_after, kind, mask.window)
+    tokens = token_mask(layout.grid, layout.text_before, layout.text_after, kind, mask.window, block)
     expected = block_mask(tokens, block)
     np.testing.assert_array_equal(visited(mask), expected)
     # achieved density: every (query, key) pair inside a visited block, tails clipped
@@ -35,7 +35,8 @@ def test_block_lists_match_naive_token_mask(layout, kind, density, block):
     sizes = np.minimum(block, n - np.arange(mask.key_blocks) * block)
     pairs = (expected * sizes[:, None] * sizes[None, :]).sum()
     assert mask.density == pytest.approx(pairs / n**2)
-    assert mask.density >= min(1.0, density * layout.image_tokens**2 / n**2)
+    asked = density * layout.image_tokens - (block if kind == "band" else 0)   # a band rounds to blocks
+    assert mask.density >= min(1.0, asked * layout.image_tokens / n**2)
     assert mask.requested_density == density
 
 
@@ -102,3 +103,14 @@ def test_bad_layouts_name_the_problem():
 def test_block_size_follows_the_sequence_length():
     from rettention import block_size_for
     assert [block_size_for(n) for n in (100, 600, 1500, 2048, 75600)] == [16, 32, 64, 128, 128]
+
+
+@pytest.mark.parametrize("grid, blocks", [((21, 45, 80), 19), ((21, 30, 52), 9), ((33, 45, 80), 29),
+                                          ((13, 30, 45), 5), ((1, 128, 128), 5), ((1, 64, 72), 1)])
+def test_band_is_an_odd_count_of_key_blocks_near_the_asked_density(grid, blocks):
+    """At 3.125% a band visits 2 floor(x / 2) + 1 key blocks, x = 3.125% of the key blocks (the band
+    FlexAttention was measured on for the kernel targets); every image query block the same count."""
+    mask = SparseMask(TokenLayout(grid), 0.03125, "band")
+    counts = mask.block_lists()[0].numpy()
+    assert (counts == blocks).all()
+    assert abs(blocks - 0.03125 * mask.key_blocks) <= 1

@@ -157,35 +157,45 @@ def test_inputs_are_checked():
 
 
 def test_head_dim_split():
-    assert kernels.split_head_dim(72, torch.bfloat16) in ((64, 16), (128, 0))
     assert [kernels.split_head_dim(d) for d in (64, 72, 80, 88, 96, 128)] == \
         [(64, 0), (64, 16), (64, 16), (64, 32), (64, 32), (128, 0)]
 
 
-def test_wide_offsets_are_chosen_for_packed_projections():
-    """64-bit row offsets exactly when token x stride along N can pass 2^31 (a HunyuanVideo single
-    block: q, k, v sliced from one projection, stride 21504 along N, 119056 tokens)."""
-    packed = torch.empty_strided((1, 24, 119056, 128), (0, 128, 21504, 1), device="meta")
-    plain = torch.empty_strided((1, 24, 119056, 128), (0, 119056 * 128, 128, 1), device="meta")
-    assert kernels._tuning.wide_offsets(119056, 128, plain, packed)
-    assert not kernels._tuning.wide_offsets(119056, 128, plain, None)
-    assert not kernels._tuning.wide_offsets(16896, 128, packed)          # Flux 2048^2: fits
-
-
 @pytest.mark.parametrize("design", ["split", "fused"])
-def test_wide_offset_path_matches_fp64(monkeypatch, design):
-    """The 64-bit row-offset variant of both kernels, forced on at a small size, on q, k, v sliced
-    out of one packed projection as ComfyUI's single-stream blocks pass them."""
-    import importlib
-    for name in ("kernels.sparse_attention", "kernels.capture_attention"):
-        monkeypatch.setattr(importlib.import_module(name), "wide_offsets", lambda *a, **k: True)
+@pytest.mark.parametrize("mlp_width", [40, 36])
+def test_packed_projection_views_match_fp64(design, mlp_width):
+    """q, k, v sliced out of one packed projection, as ComfyUI's single-stream blocks pass them.
+    With an MLP part of 40 columns the rows stay 16-byte aligned and the descriptors read the views
+    in place; with 36 they are not, and the inputs are copied first."""
     mask = SparseMask(TokenLayout(grid=(1, 5, 9), text_after=5), 0.25, "band", block_size=16)
     n, h, d = mask.n_tokens, 2, 64
     g = torch.Generator().manual_seed(7)
-    packed = torch.randn(1, n, 3 * h * d + 40, generator=g).to(torch.bfloat16)   # + an MLP part
+    packed = torch.randn(1, n, 3 * h * d + mlp_width, generator=g).to(torch.bfloat16)
     q, k, v = packed[..., :3 * h * d].view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    assert kernels._tiles._tma_ready(q) == (mlp_width == 40)
     out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design=design)
     ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
     assert rel(out, ref) < tol(q.dtype)
     assert float((stats.rho.double() - torch.exp(ref_lse_w - ref_lse)).abs().max()) < 1e-3
     assert rel(triton_path.sparse_with_stats(q, k, v, stats, 0), ref) < tol(q.dtype)
+
+
+
+@pytest.mark.parametrize("block_n", [16, 32])
+def test_pipelined_loop_matches_fp64(monkeypatch, block_n):
+    """The hand-pipelined key loop (Config.pipeline) with one to four key tiles per mask block."""
+    import importlib
+    from kernels import _tuning
+    monkeypatch.setattr(importlib.import_module("kernels.sparse_attention"), "candidates",
+                        lambda *a, **k: [_tuning.Config(32, block_n, 4, 1, True)])
+    monkeypatch.setattr(_tuning, "_CACHE", {})
+    extra = ((1, 9, 11), 6, 0, "band", 0.3, 64, 1, 2, 72, torch.bfloat16, "bnhd")
+    for case in (CASES[3], CASES[5], extra):      # odd N; D 128, 96, 72; mask blocks 64, 32, 64
+        mask, q, k, v = _setup(case, seed=12)
+        counts, indices = mask.block_lists("cpu")
+        g = torch.Generator().manual_seed(5)
+        w = torch.rand(q.shape[:3], generator=g) + 0.1
+        r = torch.randn(q.shape, generator=g).to(q.dtype)
+        out = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r)
+        _, _, ref_w, _ = reference(q, k, v, mask)
+        assert rel(out, w.double()[..., None] * ref_w + r.double()) < tol(q.dtype)

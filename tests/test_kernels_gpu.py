@@ -150,3 +150,26 @@ def test_packed_projection_past_32bit_row_offsets():
     logits = (q[:, :, rows].float() @ k.float().transpose(-1, -2)) * d ** -0.5
     ref = torch.softmax(logits, -1) @ v.float()
     assert rel(out[:, :, rows], ref) < tol(q.dtype) and rel(step[:, :, rows], ref) < tol(q.dtype)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3]], ids=["d64", "d72", "d128"])
+def test_every_candidate_config(case, monkeypatch):
+    """Each launch configuration tuning may pick (plain and hand-pipelined loops, both BLOCK_N),
+    forced in turn, on the sparse-step epilogue."""
+    import importlib
+    from kernels import _tuning
+    sparse = importlib.import_module("kernels.sparse_attention")
+    mask, (q, k, v) = make(case, 6)
+    counts, indices = mask.block_lists(DEV)
+    g = torch.Generator(device=DEV).manual_seed(9)
+    w = torch.rand(q.shape[:3], generator=g, device=DEV) + 0.5
+    r = (torch.randn(q.shape, generator=g, device=DEV) * 0.1).to(q.dtype)
+    _, _, ref_w, _ = reference(q, k, v, mask)
+    expect = w[..., None] * ref_w + r.float()
+    for config in _tuning.candidates(q.shape[-1], mask.block_size):
+        monkeypatch.setattr(sparse, "candidates", lambda *a, **kw: [config])
+        monkeypatch.setattr(_tuning, "_CACHE", {})
+        out = torch.full_like(q, float("nan"))
+        kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r, out=out)
+        assert torch.isfinite(out).all(), config
+        assert rel(out, expect) < tol(q.dtype), config
