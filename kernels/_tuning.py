@@ -1,7 +1,7 @@
 """Launch-configuration choice shared by the launchers: head-dim split, candidate configs, a tuning cache.
 
 On a GPU the first call for a key (head dim, dtype, mask block, N, batch*heads, work per row, mode)
-times each candidate config once with ``triton.testing.do_bench`` and caches the fastest; every
+times each candidate config (median of a few CUDA-event-timed runs) and caches the fastest; every
 later call with that key reuses it (a sampling run pays tuning once per shape). Under the CPU
 interpreter there is one fixed config.
 """

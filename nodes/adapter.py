@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 
 from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, RhoWeight, Schedule, SparseMask, StatsStore,
-                          UnitWeight, attend_full, attend_sparse, block_size_for, check_inputs)
+                          UnitWeight, attend_full, attend_sparse, block_size_for, check_inputs,
+                          kernels_unavailable)
 from ..rettention.calibration import CalibrationData, CalibrationRecorder, save_stats_file
 from .families import Family, default_mask_kind, latent_grids, self_attention_layout
 
@@ -259,6 +260,12 @@ class ForwardContext:
         else:
             dim = q.shape[-1] // heads
             qh, kh, vh = (t.view(batch, t.shape[1], heads, dim).transpose(1, 2) for t in (q, k, v))
+        if q.is_cuda:
+            problem = kernels_unavailable(q.device)
+            if problem:                 # the PyTorch path would be slower than dense attention on a GPU
+                run.note_once("kernels", f"{problem}; dense attention (needs triton >= 3.4 and torch >= 2.8)")
+                run.count(DENSE)
+                return delegate()
         kind = config.mask_kind if config.mask_kind != "auto" else default_mask_kind(config.family, layout.grid)
         try:
             sparse_mask = run.mask_for(layout, run.density, kind)

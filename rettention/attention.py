@@ -48,20 +48,29 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Sparse
         raise ValueError(f"q has {q.shape[2]} tokens but the mask's layout has {mask.n_tokens}")
 
 
+def kernels_unavailable(device: torch.device) -> str | None:
+    """None when attention on the CUDA ``device`` runs the Triton kernels, else why not (a sentence).
+    (The kernels need triton >= 3.4 for its tensor descriptors, and a GPU of compute capability 8.0+.)"""
+    try:
+        from . import triton_path
+    except ImportError as error:
+        return f"Triton kernels unavailable ({error})"
+    if not triton_path.available(device):
+        return f"Triton kernels cannot run on {device}"
+    return None
+
+
 def _backend(q: torch.Tensor):
     """The Triton path for CUDA tensors when it can run there, else the PyTorch path."""
     if not q.is_cuda:
         _warn_once("cpu", f"Re-ttention: attention on {q.device} runs the PyTorch path (slow); "
                           "the Triton kernels need a CUDA GPU")
         return torch_path
-    try:
-        from . import triton_path
-    except ImportError as error:
-        _warn_once("kernels", f"Re-ttention: Triton kernels unavailable ({error}); using the PyTorch path")
+    problem = kernels_unavailable(q.device)
+    if problem:
+        _warn_once("kernels", f"Re-ttention: {problem}; using the PyTorch path")
         return torch_path
-    if not triton_path.available(q.device):
-        _warn_once("kernels", f"Re-ttention: Triton kernels cannot run on {q.device}; using the PyTorch path")
-        return torch_path
+    from . import triton_path
     return triton_path
 
 

@@ -136,7 +136,7 @@ def test_dispatcher_routes_cuda_to_triton():
 
 def test_packed_projection_past_32bit_row_offsets():
     """q, k, v sliced from one packed projection as a HunyuanVideo single block passes them (stride
-    21504 along N): token x stride passes 2^31, which faulted before 64-bit row offsets."""
+    21504 along N): token x stride passes 2^31 (row offsets overflowed 32 bits before the descriptors)."""
     mask = SparseMask(TokenLayout(grid=(33, 45, 80), text_after=256), 0.0625, "local3d")
     n, h, d, width = mask.n_tokens, 2, 128, 21504
     g = torch.Generator(device=DEV).manual_seed(11)

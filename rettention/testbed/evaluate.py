@@ -510,7 +510,7 @@ def run_benchmark(names, checkpoints: str, out_dir: str | None, opts_per_model: 
         log(format_layers(result))
         entry = to_json(result)
         entry["checkpoint"] = meta
-        if out_dir:
+        if out_dir and opts.pictures > 0:
             png = os.path.join(out_dir, f"testbed_{name}.png")
             entry["picture"] = {"path": png, "legend": write_pictures(result, png, opts.kinds)}
             log(f"wrote {png}: {'columns' if model.cfg.frames == 1 else 'rows per sample'} = "
