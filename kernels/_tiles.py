@@ -58,11 +58,13 @@ def tile_logits(q_a, q_b, k_a, k_b, b, h, start_n, N, BN: tl.constexpr, DA: tl.c
 
 
 @triton.jit
-def load_values(v_a, v_b, b, h, start_n, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-                UPCAST: tl.constexpr):
-    va = v_a.load([b, h, start_n, 0]).reshape(BN, DA)
+def load_parts(desc_a, desc_b, b, h, row0, ROWS: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """Rows [row0, row0 + ROWS) of (batch b, head h) as the head dim's two parts (part B is part A
+    again when DB is 0, unused then)."""
+    va = desc_a.load([b, h, row0, 0]).reshape(ROWS, DA)
     if DB > 0:
-        vb = v_b.load([b, h, start_n, DA]).reshape(BN, DB)
+        vb = desc_b.load([b, h, row0, DA]).reshape(ROWS, DB)
     else:
         vb = va
     if UPCAST:
@@ -79,7 +81,7 @@ def absorb_tile(acc_a, acc_b, l_i, m_i, qk, v_a, v_b, b, h, start_n, qk_scale,
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])          # one FMA per logit
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    va, vb = load_values(v_a, v_b, b, h, start_n, BN, DA, DB, UPCAST)
+    va, vb = load_parts(v_a, v_b, b, h, start_n, BN, DA, DB, UPCAST)
     acc_a = tl.dot(p.to(va.dtype), va, acc_a * alpha[:, None])
     if DB > 0:
         acc_b = tl.dot(p.to(vb.dtype), vb, acc_b * alpha[:, None])

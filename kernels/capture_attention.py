@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import descriptor_pair, load_values, store_rows, tile_logits
+from ._tiles import descriptor_pair, load_parts, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 from .sparse_attention import _check_qkv
 
@@ -38,7 +38,7 @@ def _dual_step(acc_a, acc_b, l_i, m_i, sacc_a, sacc_b, l_s, m_s, in_win,
     alpha = tl.math.exp2(m_i - m_new)
     row_sum = tl.sum(p, 1)
     l_i = l_i * alpha + row_sum
-    va, vb = load_values(v_a, v_b, b, h, start_n, BN, DA, DB, UPCAST)
+    va, vb = load_parts(v_a, v_b, b, h, start_n, BN, DA, DB, UPCAST)
     p_v = p.to(va.dtype)
     acc_a = tl.dot(p_v, va, acc_a * alpha[:, None])
     if DB > 0:
@@ -72,14 +72,7 @@ def _capture_attention_fwd(
     row0 = qb * MB + (pid_m % SPLIT) * BM
     offs_m = row0 + tl.arange(0, BM)
 
-    qa = q_a.load([b, h, row0, 0]).reshape(BM, DA)
-    if DB > 0:
-        qb_ = q_b.load([b, h, row0, DA]).reshape(BM, DB)
-    else:
-        qb_ = qa
-    if UPCAST:
-        qa = qa.to(tl.float32)
-        qb_ = qb_.to(tl.float32)
+    qa, qb_ = load_parts(q_a, q_b, b, h, row0, BM, DA, DB, UPCAST)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import absorb_tile, descriptor_pair, load_rows, online_step, store_rows, tile_logits
+from ._tiles import absorb_tile, descriptor_pair, load_parts, load_rows, online_step, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
@@ -55,14 +55,7 @@ def _sparse_attention_fwd(
     offs_m = row0 + tl.arange(0, BM)
 
     # q: the head dim in two power-of-two parts [0, DA) and [DA, DA + DB), columns past D zero
-    qa = q_a.load([b, h, row0, 0]).reshape(BM, DA)
-    if DB > 0:
-        qb_ = q_b.load([b, h, row0, DA]).reshape(BM, DB)
-    else:
-        qb_ = qa
-    if UPCAST:
-        qa = qa.to(tl.float32)
-        qb_ = qb_.to(tl.float32)
+    qa, qb_ = load_parts(q_a, q_b, b, h, row0, BM, DA, DB, UPCAST)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
