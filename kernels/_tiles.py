@@ -38,6 +38,12 @@ def descriptor_pair(t: torch.Tensor | None, rows: int, da: int, db: int, output:
     return a, (TensorDescriptor.from_tensor(t, [1, 1, rows, db]) if db else None)
 
 
+def qkv_descriptors(q, k, v, block_m: int, block_n: int, da: int, db: int):
+    """The six descriptors of q (BLOCK_M rows), k and v (BLOCK_N rows), parts A and B each."""
+    return (*descriptor_pair(q, block_m, da, db), *descriptor_pair(k, block_n, da, db),
+            *descriptor_pair(v, block_n, da, db))
+
+
 @triton.jit
 def tile_logits(q_a, q_b, k_a, k_b, b, h, start_n, N, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
                 MASK_N: tl.constexpr, UPCAST: tl.constexpr):

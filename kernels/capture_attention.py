@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import descriptor_pair, load_parts, store_rows, tile_logits
+from ._tiles import descriptor_pair, load_parts, qkv_descriptors, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
-from .sparse_attention import _check_qkv
+from .sparse_attention import _check_qkv, w0_argument
 
 
 @triton.jit
@@ -152,15 +152,7 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
     _check_qkv(q, k, v, counts, indices, mask_block)
     batch, heads, n, head_dim = q.shape
     residual_dtype = residual_dtype or q.dtype
-    w0_mode = 0
-    if isinstance(w0, str):
-        if w0 != "raw":
-            raise ValueError(f"w0 must be None, an (H,) tensor or 'raw', got {w0!r}")
-        w0_mode, w0 = 2, None
-    elif w0 is not None:
-        w0_mode, w0 = 1, w0.to(device=q.device, dtype=torch.float32).contiguous()
-        if w0.shape != (heads,):
-            raise ValueError(f"w0 must have shape ({heads},), got {tuple(w0.shape)}")
+    w0_mode, w0 = w0_argument(w0, heads, q.device)
     if order is None:
         order = torch.arange(counts.shape[0], dtype=torch.int32, device=q.device)
     # optional preallocated outputs (tests poison them to catch unwritten elements)
@@ -170,17 +162,16 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
     if out.shape != q.shape or residual.shape != q.shape or rho.shape != (batch, heads, n) \
             or not rho.is_contiguous():
         raise ValueError("out/residual must be (B, H, N, D), rho contiguous (B, H, N)")
-    lse = torch.empty_like(rho) if return_lse else rho
-    lse_s = torch.empty_like(rho) if return_lse else rho
+    lse = torch.empty_like(rho) if return_lse else None
+    lse_s = torch.empty_like(rho) if return_lse else None
     da, db = split_head_dim(head_dim)
-    pointers = (counts, indices, order, rho, w0 if w0 is not None else rho, lse, lse_s,
+    pointers = (counts, indices, order, rho, w0, lse, lse_s,
                 heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
     def launch(config: Config):
-        bm, bn = config.block_m, config.block_n
-        tensors = (*descriptor_pair(q, bm, da, db), *descriptor_pair(k, bn, da, db),
-                   *descriptor_pair(v, bn, da, db), *descriptor_pair(out, bm, da, db, output=True),
-                   *descriptor_pair(residual, bm, da, db, output=True))
+        bm = config.block_m
+        tensors = (*qkv_descriptors(q, k, v, bm, config.block_n, da, db),
+                   *descriptor_pair(out, bm, da, db, output=True), *descriptor_pair(residual, bm, da, db, output=True))
         grid = (counts.shape[0] * (mask_block // config.block_m), batch * heads)
         _capture_attention_fwd[grid](
             *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, DA=da, DB=db,

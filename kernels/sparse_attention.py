@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import absorb_tile, descriptor_pair, load_parts, load_rows, online_step, store_rows, tile_logits
+from ._tiles import (absorb_tile, descriptor_pair, load_parts, load_rows, online_step, qkv_descriptors,
+                     store_rows, tile_logits)
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
@@ -151,6 +152,21 @@ def _check_qkv(q, k, v, counts, indices, mask_block):
         raise ValueError("block lists must be on q's device")
 
 
+def w0_argument(w0, heads: int, device) -> tuple[int, torch.Tensor | None]:
+    """(W0_MODE, W0 tensor) for the capture epilogues: None -> (0, None) (w0 = rho); an (H,) tensor ->
+    (1, fp32 copy on ``device``) (per-head weight); ``"raw"`` -> (2, None) (R <- O^S)."""
+    if w0 is None:
+        return 0, None
+    if isinstance(w0, str):
+        if w0 != "raw":
+            raise ValueError(f"w0 must be None, an (H,) tensor or 'raw', got {w0!r}")
+        return 2, None
+    w0 = w0.to(device=device, dtype=torch.float32).contiguous()
+    if w0.shape != (heads,):
+        raise ValueError(f"w0 must have shape ({heads},), got {tuple(w0.shape)}")
+    return 1, w0
+
+
 def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight=None, residual=None,
                      out_full=None, lse_full=None, rho=None, w0=None, return_lse=False,
                      work_hint: int = 0, out=None):
@@ -185,16 +201,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
         raise ValueError(f"weight must be (B, H, N) = {(batch, heads, n)}, got {tuple(weight.shape)}")
     if lse_full is not None:
         lse_full = lse_full.reshape(batch, heads, n) if lse_full.dim() == 4 else lse_full
-    w0_mode = 0
-    if mode == MODE_CAPTURE and w0 is not None:
-        if isinstance(w0, str):
-            if w0 != "raw":
-                raise ValueError(f"w0 must be None, an (H,) tensor or 'raw', got {w0!r}")
-            w0_mode, w0 = 2, None
-        else:
-            w0_mode, w0 = 1, w0.to(device=q.device, dtype=torch.float32).contiguous()
-            if w0.shape != (heads,):
-                raise ValueError(f"w0 must have shape ({heads},), got {tuple(w0.shape)}")
+    w0_mode, w0 = w0_argument(w0 if mode == MODE_CAPTURE else None, heads, q.device)
     if order is None:
         order = torch.arange(counts.shape[0], dtype=torch.int32, device=q.device)
 
@@ -206,18 +213,15 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
         raise ValueError("out must match q's shape and dtype")
     lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device) if return_lse else None
     da, db = split_head_dim(head_dim)
-    stat = rho if rho is not None else (lse if lse is not None else counts)
-    pointers = (counts, indices, order, weight if weight is not None else stat, stat,
-                w0 if w0 is not None else stat, lse_full if lse_full is not None else stat,
-                lse if lse is not None else stat,
+    pointers = (counts, indices, order, weight, rho, w0, lse_full, lse,     # None where the mode has none
                 *(weight.stride() if weight is not None else (0, 0, 0)),
                 *(lse_full.stride() if lse_full is not None else (0, 0, 0)),
                 heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
     def launch(config: Config):
-        bm, bn = config.block_m, config.block_n
-        tensors = (*descriptor_pair(q, bm, da, db), *descriptor_pair(k, bn, da, db),
-                   *descriptor_pair(v, bn, da, db), *descriptor_pair(out, bm, da, db, output=True),
+        bm = config.block_m
+        tensors = (*qkv_descriptors(q, k, v, bm, config.block_n, da, db),
+                   *descriptor_pair(out, bm, da, db, output=True),
                    *descriptor_pair(residual, bm, da, db, output=mode == MODE_CAPTURE),
                    *descriptor_pair(out_full, bm, da, db))
         grid = (counts.shape[0] * (mask_block // config.block_m), batch * heads)

@@ -4,6 +4,7 @@ Shapes are (B, H, N, D) (a transposed view of (B, N, H, D) works as it is), one 
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -48,9 +49,11 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Sparse
         raise ValueError(f"q has {q.shape[2]} tokens but the mask's layout has {mask.n_tokens}")
 
 
+@functools.lru_cache(maxsize=None)
 def kernels_unavailable(device: torch.device) -> str | None:
     """None when attention on the CUDA ``device`` runs the Triton kernels, else why not (a sentence).
-    (The kernels need triton >= 3.4 for its tensor descriptors, and a GPU of compute capability 8.0+.)"""
+    (The kernels need triton >= 3.4 for its tensor descriptors, and a GPU of compute capability 8.0+.)
+    Checked once per device: the adapter and the entry points ask on every call."""
     try:
         from . import triton_path
     except ImportError as error:
