@@ -19,7 +19,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 
-def _tma_ready(t: torch.Tensor) -> bool:
+def tma_ready(t: torch.Tensor) -> bool:
     size = t.element_size()
     return t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
 
@@ -30,7 +30,7 @@ def descriptor_pair(t: torch.Tensor | None, rows: int, da: int, db: int, output:
     input that is not gets a contiguous copy, an output must be."""
     if t is None:
         return None, None
-    if not _tma_ready(t):
+    if not tma_ready(t):
         if output:
             raise ValueError("outputs need a 16-byte aligned base and strides, unit stride along D")
         t = t.contiguous()
@@ -107,6 +107,18 @@ def online_step(acc_a, acc_b, l_i, m_i, q_a, q_b, k_a, k_b, v_a, v_b, b, h, star
 def load_rows(desc, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr):
     """A (ROWS x COLS) fp32 tile of (batch b, head h) from row ``row0``, column ``col0``."""
     return desc.load([b, h, row0, col0]).reshape(ROWS, COLS).to(tl.float32)
+
+
+@triton.jit
+def gather_rows(ptr, b, h, row0, col0, N, D, s_b, s_h, s_n, s_d, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """A (ROWS x COLS) tile of (batch b, head h) by pointer loads, zero past N and D, in its own dtype.
+    Unlike a descriptor load it is waited on only where it is first used: issued early, its memory
+    latency hides behind the work in between."""
+    rows = row0 + tl.arange(0, ROWS)
+    cols = col0 + tl.arange(0, COLS)
+    ptrs = (ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h + rows.to(tl.int64)[:, None] * s_n
+            + cols[None, :] * s_d)
+    return tl.load(ptrs, mask=(rows[:, None] < N) & (cols[None, :] < D), other=0.0)
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """Launch-configuration choice shared by the launchers: head-dim split, candidate configs, a tuning cache.
 
 On a GPU the first call for a key (head dim, dtype, mask block, N, batch*heads, work per row, mode)
-times each candidate config (median of a few CUDA-event-timed runs) and caches the fastest; every
+times each candidate config (median of a few CUDA-graph replays) and caches the fastest; every
 later call with that key reuses it (a sampling run pays tuning once per shape). Under the CPU
 interpreter there is one fixed config.
 """
@@ -21,6 +21,16 @@ class Config(NamedTuple):
     num_warps: int
     num_stages: int
     pipeline: bool = False     # issue the next tile's q.k before this tile's softmax (sparse kernel)
+    early_residual: bool = False   # sparse step: load R (by pointers) before the key loop, not after it
+    gather_q: bool = False     # sparse kernel: q by pointer loads (async) instead of a descriptor
+    max_registers: int = 0     # per-thread register cap (0: the compiler's); 168 fits three 4-warp
+                               # programs on an SM, so one's prologue and epilogue overlap the others' loops
+
+    def launch_options(self) -> dict:
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.max_registers and not INTERPRET:
+            options["maxnreg"] = self.max_registers
+        return options
 
 
 def split_head_dim(head_dim: int) -> tuple[int, int]:
@@ -42,20 +52,31 @@ def split_head_dim(head_dim: int) -> tuple[int, int]:
 def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list[Config]:
     """Hopper-leaning candidates, filtered so that BLOCK_M and BLOCK_N divide the mask block.
 
-    Measured on the H200 (out of 8-9 configs each): with 8 warps and 2 stages the hand-pipelined
-    loop wins at head dim 128 (81-88% of cuDNN's FLOP rate on the computed blocks against 74-78%);
-    at head dims 64-96 BLOCK_N 64 wins; at a few thousand tokens the plain loop does."""
+    Measured on the H200, sparse step at band 3.125% and 12.5% (% of cuDNN's FLOP rate on the
+    computed blocks):
+    - long rows, head dim 128: one 8-warp program per SM with the hand-pipelined loop (85-90%);
+    - short rows (5-20 key tiles): programs of 64 rows and 4 warps, capped at 168 registers so
+      that three share an SM and one's prologue and epilogue overlap the others' key loops
+      (Wan 720p 77% -> 81%, Wan 480p 68% -> 75%; uncapped they fit two per SM);
+    - one key tile per row (1024^2 images, memory-bound): the same small programs with q by
+      pointer loads, in flight while the key tile's descriptor load waits (Flux 15% -> 12% of cuDNN);
+    - head dims 64-96: BLOCK_N 64 for long rows, 64-row programs with R loaded early for short ones.
+    Configs that spill beyond the 168-register cap, 2-stage 4-warp programs at head dim 128 and an
+    L2 prefetch of R were slower everywhere."""
     if INTERPRET:
         b = min(32, mask_block)
         return [Config(b, b, 4, 1)]
     da, db = split_head_dim(head_dim)
     if da + db > 64 and db == 0:
-        cands = [Config(128, 128, 8, 2, True), Config(128, 128, 8, 2), Config(128, 64, 8, 2, True),
-                 Config(128, 64, 8, 2), Config(128, 64, 4, 3)]
+        cands = [Config(128, 128, 8, 2, True), Config(128, 128, 8, 2), Config(128, 64, 8, 2),
+                 Config(64, 128, 4, 1, gather_q=True, max_registers=168), Config(64, 128, 4, 1, gather_q=True)]
     else:
         cands = [Config(128, 64, 8, 2, True), Config(128, 64, 8, 2), Config(128, 128, 4, 3),
-                 Config(128, 64, 4, 3), Config(128, 128, 8, 2, True)]
+                 Config(128, 64, 4, 3), Config(128, 128, 8, 2, True), Config(128, 64, 8, 2, gather_q=True),
+                 Config(64, 128, 4, 2, early_residual=True), Config(64, 128, 4, 1, gather_q=True)]
     out = [c for c in cands if c.block_m <= mask_block and c.block_n <= mask_block]
+    if dense_loop:      # the fused capture kernel has none of the sparse kernel's loop variants
+        out = list(dict.fromkeys(Config(*c[:4], max_registers=c.max_registers) for c in out))
     if not out:
         b = mask_block
         out = [Config(b, b, 4, 2)]
@@ -90,23 +111,34 @@ def choose(key: tuple, cands: list[Config], launch: Callable[[Config], None]) ->
 
 
 def _time(fn) -> float:
-    """Median ms of a few runs after one warm-up (compile) run; fewer runs for long kernels."""
+    """Median ms of a few timed runs after one warm-up (compile) run. A run is a CUDA-graph replay
+    where the launch can be captured (the host's launch overhead is longer than a small kernel, and
+    would otherwise be what is compared), repeated to fill at least half a millisecond."""
     fn()
     torch.cuda.synchronize()
+    run = fn
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        run = graph.replay
+    except Exception:                 # noqa: BLE001 - not capturable here: time the plain launches
+        torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    fn()
+    run()
     end.record()
     end.synchronize()
-    first = start.elapsed_time(end)
-    reps = 3 if first > 20 else 10
+    first = max(start.elapsed_time(end), 1e-3)
+    inner = max(1, min(50, int(0.5 / first)))
     times = []
-    for _ in range(reps):
+    for _ in range(3 if first > 20 else 10):
         start.record()
-        fn()
+        for _ in range(inner):
+            run()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     times.sort()
     return times[len(times) // 2]
 

@@ -176,7 +176,7 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
         _capture_attention_fwd[grid](
             *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, DA=da, DB=db,
             EVEN_N=(n % mask_block == 0), W0_MODE=w0_mode, WRITE_LSE=return_lse, UPCAST=INTERPRET,
-            num_warps=config.num_warps, num_stages=config.num_stages)
+            **config.launch_options())
 
     key = ("capture", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, w0_mode,
            return_lse, work_hint)

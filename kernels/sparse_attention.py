@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import (absorb_tile, descriptor_pair, load_parts, load_rows, online_step, qkv_descriptors,
-                     store_rows, tile_logits)
+from ._tiles import (absorb_tile, descriptor_pair, gather_rows, load_parts, load_rows, online_step,
+                     qkv_descriptors, store_rows, tile_logits)
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
@@ -38,12 +38,13 @@ MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 @triton.jit
 def _sparse_attention_fwd(
     q_a, q_b, k_a, k_b, v_a, v_b, o_a, o_b, r_a, r_b, f_a, f_b,
-    Counts, Indices, Order, W, Rho, W0, LseFull, Lse,
-    s_wb, s_wh, s_wn, s_lb, s_lh, s_ln,
+    Q, Counts, Indices, Order, W, Res, Rho, W0, LseFull, Lse,
+    s_qb, s_qh, s_qn, s_qd, s_wb, s_wh, s_wn, s_rb, s_rh, s_rn, s_rd, s_lb, s_lh, s_ln,
     H, N, idx_stride, qk_scale,
-    MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-    EVEN_N: tl.constexpr, MODE: tl.constexpr, W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    UPCAST: tl.constexpr, PIPE: tl.constexpr,
+    MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DA: tl.constexpr,
+    DB: tl.constexpr, EVEN_N: tl.constexpr, MODE: tl.constexpr, W0_MODE: tl.constexpr,
+    WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr, PIPE: tl.constexpr, EARLY_R: tl.constexpr,
+    ORDERED: tl.constexpr, GATHER_Q: tl.constexpr,
 ):
     SPLIT: tl.constexpr = MB // BM          # programs per mask query block
     SUB: tl.constexpr = MB // BN            # key tiles per mask key block
@@ -51,12 +52,20 @@ def _sparse_attention_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    qb = tl.load(Order + pid_m // SPLIT)    # heavy (dense text) query blocks first
+    if ORDERED:
+        qb = tl.load(Order + pid_m // SPLIT)    # heavy (dense text) query blocks first
+    else:
+        qb = pid_m // SPLIT
     row0 = qb * MB + (pid_m % SPLIT) * BM
     offs_m = row0 + tl.arange(0, BM)
+    row_ok = offs_m < N
+    if MODE == 1:
+        w = tl.load(W + b.to(tl.int64) * s_wb + h * s_wh + offs_m * s_wn, mask=row_ok, other=0.0)
+        if EARLY_R:     # R now, so that its latency hides behind the key loop (short rows)
+            res_a = gather_rows(Res, b, h, row0, 0, N, D, s_rb, s_rh, s_rn, s_rd, BM, DA)
+            if DB > 0:
+                res_b = gather_rows(Res, b, h, row0, DA, N, D, s_rb, s_rh, s_rn, s_rd, BM, DB)
 
-    # q: the head dim in two power-of-two parts [0, DA) and [DA, DA + DB), columns past D zero
-    qa, qb_ = load_parts(q_a, q_b, b, h, row0, BM, DA, DB, UPCAST)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -65,6 +74,19 @@ def _sparse_attention_fwd(
 
     count = tl.load(Counts + qb)
     row = Indices + qb.to(tl.int64) * idx_stride
+    first = tl.load(row)
+    # q: the head dim in two power-of-two parts [0, DA) and [DA, DA + DB), columns past D zero
+    if GATHER_Q:        # pointer loads: waited on at the first q.k, not here
+        qa = gather_rows(Q, b, h, row0, 0, N, D, s_qb, s_qh, s_qn, s_qd, BM, DA)
+        if DB > 0:
+            qb_ = gather_rows(Q, b, h, row0, DA, N, D, s_qb, s_qh, s_qn, s_qd, BM, DB)
+        else:
+            qb_ = qa
+        if UPCAST:
+            qa = qa.to(tl.float32)
+            qb_ = qb_.to(tl.float32)
+    else:
+        qa, qb_ = load_parts(q_a, q_b, b, h, row0, BM, DA, DB, UPCAST)
     if EVEN_N:
         n_full = count
     else:
@@ -74,7 +96,7 @@ def _sparse_attention_fwd(
         # the tensor cores run it while the softmax waits on the special-function unit (exp2).
         n_tiles = n_full * SUB
         if n_tiles > 0:
-            start = tl.load(row) * MB
+            start = first * MB
             qk = tile_logits(qa, qb_, k_a, k_b, b, h, start, N, BN, DA, DB, False, UPCAST)
             for t in range(1, n_tiles):
                 nxt = tl.load(row + t // SUB) * MB + (t % SUB) * BN
@@ -103,16 +125,18 @@ def _sparse_attention_fwd(
     inv_l = 1.0 / l_i
     out_a = acc_a * inv_l[:, None]
     out_b = acc_b * inv_l[:, None]
-    row_ok = offs_m < N
     stat_offs = pid_bh.to(tl.int64) * N + offs_m          # (B, H, N) contiguous stats
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     if WRITE_LSE:
         tl.store(Lse + stat_offs, lse, mask=row_ok)
     if MODE == 1:
-        w = tl.load(W + b.to(tl.int64) * s_wb + h * s_wh + offs_m * s_wn, mask=row_ok, other=0.0)
-        out_a = w.to(tl.float32)[:, None] * out_a + load_rows(r_a, b, h, row0, 0, BM, DA)
+        if not EARLY_R:
+            res_a = load_rows(r_a, b, h, row0, 0, BM, DA)
+            if DB > 0:
+                res_b = load_rows(r_b, b, h, row0, DA, BM, DB)
+        out_a = w.to(tl.float32)[:, None] * out_a + res_a.to(tl.float32)
         if DB > 0:
-            out_b = w.to(tl.float32)[:, None] * out_b + load_rows(r_b, b, h, row0, DA, BM, DB)
+            out_b = w.to(tl.float32)[:, None] * out_b + res_b.to(tl.float32)
     if MODE == 2:
         lse_full = tl.load(LseFull + b.to(tl.int64) * s_lb + h * s_lh + offs_m * s_ln, mask=row_ok, other=0.0)
         rho = tl.minimum(tl.exp(lse - lse_full.to(tl.float32)), 1.0)
@@ -178,7 +202,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
       contiguous and ``residual`` to fill): writes rho and R = out_full - w0*O^S, where ``w0`` is
       None (w0 = rho), an (H,) fp32 tensor (per-head weight) or ``"raw"`` (R <- O^S); returns lse^S
       if asked, else None.
-    ``order``: int32 permutation of query blocks (launch order), default ascending.
+    ``order``: int32 permutation of query blocks (launch order), or None for ascending.
     (B, H, N, D) tensors need 16-byte aligned rows (see ``descriptors``); others are copied first.
     """
     _check_qkv(q, k, v, counts, indices, mask_block)
@@ -202,8 +226,6 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
     if lse_full is not None:
         lse_full = lse_full.reshape(batch, heads, n) if lse_full.dim() == 4 else lse_full
     w0_mode, w0 = w0_argument(w0 if mode == MODE_CAPTURE else None, heads, q.device)
-    if order is None:
-        order = torch.arange(counts.shape[0], dtype=torch.int32, device=q.device)
 
     if mode == MODE_CAPTURE:
         out = None
@@ -213,8 +235,9 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
         raise ValueError("out must match q's shape and dtype")
     lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device) if return_lse else None
     da, db = split_head_dim(head_dim)
-    pointers = (counts, indices, order, weight, rho, w0, lse_full, lse,     # None where the mode has none
-                *(weight.stride() if weight is not None else (0, 0, 0)),
+    pointers = (q, counts, indices, order, weight, residual, rho, w0, lse_full, lse,  # None where a mode has none
+                *q.stride(), *(weight.stride() if weight is not None else (0, 0, 0)),
+                *(residual.stride() if residual is not None else (0, 0, 0, 0)),
                 *(lse_full.stride() if lse_full is not None else (0, 0, 0)),
                 heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
@@ -226,9 +249,11 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
                    *descriptor_pair(out_full, bm, da, db))
         grid = (counts.shape[0] * (mask_block // config.block_m), batch * heads)
         _sparse_attention_fwd[grid](
-            *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, DA=da, DB=db,
-            EVEN_N=(n % mask_block == 0), MODE=mode, W0_MODE=w0_mode, WRITE_LSE=return_lse,
-            UPCAST=INTERPRET, PIPE=config.pipeline, num_warps=config.num_warps, num_stages=config.num_stages)
+            *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, D=head_dim, DA=da,
+            DB=db, EVEN_N=(n % mask_block == 0), MODE=mode, W0_MODE=w0_mode, WRITE_LSE=return_lse,
+            UPCAST=INTERPRET, PIPE=config.pipeline, EARLY_R=config.early_residual and mode == MODE_SPARSE,
+            ORDERED=order is not None, GATHER_Q=config.gather_q,
+            **config.launch_options())
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,
            return_lse, work_hint)

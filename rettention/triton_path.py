@@ -50,7 +50,8 @@ class _Plan:
         # Launch order: query blocks with the most key blocks (dense text rows) first, so that the
         # long programs do not trail at the end of the grid; stable, so image blocks keep their order.
         order = sorted(range(len(counts_host)), key=lambda qb: -int(counts_host[qb]))
-        self.order = torch.tensor(order, dtype=torch.int32, device=device)
+        ascending = order == list(range(len(order)))
+        self.order = None if ascending else torch.tensor(order, dtype=torch.int32, device=device)
         self.work_hint = kernels.work_hint(counts_host)
         self.dense_counts = None
         self.dense_indices = None

@@ -172,7 +172,7 @@ def test_packed_projection_views_match_fp64(design, mlp_width):
     g = torch.Generator().manual_seed(7)
     packed = torch.randn(1, n, 3 * h * d + mlp_width, generator=g).to(torch.bfloat16)
     q, k, v = packed[..., :3 * h * d].view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
-    assert kernels._tiles._tma_ready(q) == (mlp_width == 40)
+    assert kernels._tiles.tma_ready(q) == (mlp_width == 40)
     out, stats = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design=design)
     ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
     assert rel(out, ref) < tol(q.dtype)
@@ -181,13 +181,18 @@ def test_packed_projection_views_match_fp64(design, mlp_width):
 
 
 
+@pytest.mark.parametrize("variant", [dict(pipeline=True), dict(early_residual=True, gather_q=True),
+                                     dict(pipeline=True, early_residual=True)], ids=lambda v: "+".join(v))
 @pytest.mark.parametrize("block_n", [16, 32])
-def test_pipelined_loop_matches_fp64(monkeypatch, block_n):
-    """The hand-pipelined key loop (Config.pipeline) with one to four key tiles per mask block."""
+def test_loop_variants_match_fp64(monkeypatch, block_n, variant):
+    """The sparse step's tuning variants: the hand-pipelined key loop (Config.pipeline), R loaded
+    before the key loop (Config.early_residual, here from a (B, N, H, D) view) and q by pointer
+    loads (Config.gather_q), with one to four key tiles per mask block."""
     import importlib
     from kernels import _tuning
+    config = _tuning.Config(32, block_n, 4, 1, **variant)
     monkeypatch.setattr(importlib.import_module("kernels.sparse_attention"), "candidates",
-                        lambda *a, **k: [_tuning.Config(32, block_n, 4, 1, True)])
+                        lambda *a, **k: [config])
     monkeypatch.setattr(_tuning, "_CACHE", {})
     extra = ((1, 9, 11), 6, 0, "band", 0.3, 64, 1, 2, 72, torch.bfloat16, "bnhd")
     for case in (CASES[3], CASES[5], extra):      # odd N; D 128, 96, 72; mask blocks 64, 32, 64
@@ -195,7 +200,8 @@ def test_pipelined_loop_matches_fp64(monkeypatch, block_n):
         counts, indices = mask.block_lists("cpu")
         g = torch.Generator().manual_seed(5)
         w = torch.rand(q.shape[:3], generator=g) + 0.1
-        r = torch.randn(q.shape, generator=g).to(q.dtype)
+        b, h, n, d = q.shape
+        r = torch.randn(b, n, h, d, generator=g).to(q.dtype).transpose(1, 2)
         out = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r)
         _, _, ref_w, _ = reference(q, k, v, mask)
         assert rel(out, w.double()[..., None] * ref_w + r.double()) < tol(q.dtype)
