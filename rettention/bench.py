@@ -233,9 +233,10 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print("\ntuned launch configs (key -> BLOCK_M, BLOCK_N, warps, stages):")
+    print("\ntuned launch configs:")
     for key, config in triton_path.kernels.cached_choices().items():
-        print(f"  {key[0]} D={key[3]} MB={key[4]} N={key[5]} BH={key[6]} mode={key[7]} work={key[9]}: {tuple(config)}")
+        chosen = " ".join(f"{name}={value}" for name, value in config._asdict().items() if value)
+        print(f"  {key[0]} D={key[3]} MB={key[4]} N={key[5]} BH={key[6]} mode={key[7]} work={key[9]}: {chosen}")
     print_table(rows)
 
 
