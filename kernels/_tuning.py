@@ -89,6 +89,8 @@ _CACHE: dict[tuple, Config] = {}
 def choose(key: tuple, cands: list[Config], launch: Callable[[Config], None]) -> Config:
     """The cached config for ``key``; on a miss, time each candidate (``launch(config)``) and keep the fastest.
 
+    The candidates are timed in turns (one run of each per round, median over the rounds), so a
+    drift of the GPU's clocks during tuning weighs on all of them alike.
     ``launch`` must be safe to repeat (the kernels only write their outputs)."""
     hit = _CACHE.get(key)
     if hit is not None:
@@ -96,24 +98,30 @@ def choose(key: tuple, cands: list[Config], launch: Callable[[Config], None]) ->
     if len(cands) == 1 or INTERPRET or os.environ.get("RETTENTION_NO_TUNE"):
         _CACHE[key] = cands[0]
         return cands[0]
-    best, best_ms = None, float("inf")
+    timers = {}
     for config in cands:
         try:
-            ms = _time(lambda: launch(config))
-        except Exception:             # e.g. out of shared memory for this config
+            timers[config] = _timer(lambda config=config: launch(config))
+        except Exception:             # noqa: BLE001 - e.g. out of shared memory for this config
             continue
-        if ms < best_ms:
-            best, best_ms = config, ms
-    if best is None:
+    if not timers:
         raise RuntimeError(f"no launch configuration works for {key}")
+    slowest = max(first for first, _ in timers.values())
+    samples = {config: [] for config in timers}
+    for _ in range(3 if slowest > 20 else 9):
+        for config, (_, run) in timers.items():
+            samples[config].append(run())
+    best = min(samples, key=lambda config: sorted(samples[config])[len(samples[config]) // 2])
     _CACHE[key] = best
     return best
 
 
-def _time(fn) -> float:
-    """Median ms of a few timed runs after one warm-up (compile) run. A run is a CUDA-graph replay
-    where the launch can be captured (the host's launch overhead is longer than a small kernel, and
-    would otherwise be what is compared), repeated to fill at least half a millisecond."""
+def _timer(fn) -> tuple[float, Callable[[], float]]:
+    """Warm ``fn`` up (compile) and return (ms of one run, a function that times one sample in ms).
+
+    A run is a CUDA-graph replay where the launch can be captured (the host's launch overhead is
+    longer than a small kernel, and would otherwise be what is compared); a sample repeats it to
+    fill at least half a millisecond."""
     fn()
     torch.cuda.synchronize()
     run = fn
@@ -125,22 +133,18 @@ def _time(fn) -> float:
     except Exception:                 # noqa: BLE001 - not capturable here: time the plain launches
         torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    first = max(start.elapsed_time(end), 1e-3)
-    inner = max(1, min(50, int(0.5 / first)))
-    times = []
-    for _ in range(3 if first > 20 else 10):
+
+    def sample(repeats: int) -> float:
         start.record()
-        for _ in range(inner):
+        for _ in range(repeats):
             run()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    times.sort()
-    return times[len(times) // 2]
+        return start.elapsed_time(end) / repeats
+
+    first = max(sample(1), 1e-3)
+    repeats = max(1, min(50, int(0.5 / first)))
+    return first, lambda: sample(repeats)
 
 
 def cached_choices() -> dict[tuple, Config]:
