@@ -4,8 +4,9 @@
   the reshape (out = w * O^S + R) or the capture epilogue (rho, R from a dense O and lse) fused.
 - :func:`capture_attention`: the capture step in one kernel (dense + window accumulators).
 """
-from ._tuning import cached_choices, split_head_dim
+from ._tuning import cached_choices, graph_replay, split_head_dim
 from .capture_attention import capture_attention
 from .sparse_attention import sparse_attention, work_hint
 
-__all__ = ["sparse_attention", "capture_attention", "work_hint", "split_head_dim", "cached_choices"]
+__all__ = ["sparse_attention", "capture_attention", "work_hint", "split_head_dim", "cached_choices",
+           "graph_replay"]

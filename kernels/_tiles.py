@@ -122,6 +122,18 @@ def gather_rows(ptr, b, h, row0, col0, N, D, s_b, s_h, s_n, s_d, ROWS: tl.conste
 
 
 @triton.jit
+def gather_parts(ptr, b, h, row0, N, D, s_b, s_h, s_n, s_d, ROWS: tl.constexpr, DA: tl.constexpr,
+                 DB: tl.constexpr):
+    """load_parts by pointer loads (see gather_rows), in the tensor's own dtype."""
+    pa = gather_rows(ptr, b, h, row0, 0, N, D, s_b, s_h, s_n, s_d, ROWS, DA)
+    if DB > 0:
+        pb = gather_rows(ptr, b, h, row0, DA, N, D, s_b, s_h, s_n, s_d, ROWS, DB)
+    else:
+        pb = pa
+    return pa, pb
+
+
+@triton.jit
 def store_rows(desc, b, h, row0, col0, value, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Store a (ROWS x COLS) tile; rows past N and columns past D lie outside the descriptor and
     are skipped."""

@@ -116,22 +116,31 @@ def choose(key: tuple, cands: list[Config], launch: Callable[[Config], None]) ->
     return best
 
 
-def _timer(fn) -> tuple[float, Callable[[], float]]:
-    """Warm ``fn`` up (compile) and return (ms of one run, a function that times one sample in ms).
-
-    A run is a CUDA-graph replay where the launch can be captured (the host's launch overhead is
-    longer than a small kernel, and would otherwise be what is compared); a sample repeats it to
-    fill at least half a millisecond."""
-    fn()
-    torch.cuda.synchronize()
-    run = fn
+def graph_replay(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` captured once in a CUDA graph, as its replay (after a warm-up run on a side stream, as
+    capture wants); ``fn`` itself where it cannot be captured. Timing replays measures the GPU, not
+    the host's launch overhead (longer than a small kernel)."""
     try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fn()
-        run = graph.replay
-    except Exception:                 # noqa: BLE001 - not capturable here: time the plain launches
+        return graph.replay
+    except Exception:                 # noqa: BLE001 - not capturable here: the plain launches
         torch.cuda.synchronize()
+        return fn
+
+
+def _timer(fn) -> tuple[float, Callable[[], float]]:
+    """Warm ``fn`` up (compile) and return (ms of one run, a function that times one sample in ms):
+    a sample repeats the graph replay of ``fn`` to fill at least half a millisecond."""
+    fn()
+    torch.cuda.synchronize()
+    run = graph_replay(fn)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def sample(repeats: int) -> float:

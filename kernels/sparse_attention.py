@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import (absorb_tile, descriptor_pair, gather_rows, load_parts, load_rows, online_step,
+from ._tiles import (absorb_tile, descriptor_pair, gather_parts, load_parts, load_rows, online_step,
                      qkv_descriptors, store_rows, tile_logits)
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
@@ -62,10 +62,7 @@ def _sparse_attention_fwd(
     if MODE == 1:
         w = tl.load(W + b.to(tl.int64) * s_wb + h * s_wh + offs_m * s_wn, mask=row_ok, other=0.0)
         if EARLY_R:     # R now, so that its latency hides behind the key loop (short rows)
-            res_a = gather_rows(Res, b, h, row0, 0, N, D, s_rb, s_rh, s_rn, s_rd, BM, DA)
-            if DB > 0:
-                res_b = gather_rows(Res, b, h, row0, DA, N, D, s_rb, s_rh, s_rn, s_rd, BM, DB)
-
+            res_a, res_b = gather_parts(Res, b, h, row0, N, D, s_rb, s_rh, s_rn, s_rd, BM, DA, DB)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -74,14 +71,10 @@ def _sparse_attention_fwd(
 
     count = tl.load(Counts + qb)
     row = Indices + qb.to(tl.int64) * idx_stride
-    first = tl.load(row)
+    first = tl.load(row)                # before q: a descriptor load of q would wait here
     # q: the head dim in two power-of-two parts [0, DA) and [DA, DA + DB), columns past D zero
     if GATHER_Q:        # pointer loads: waited on at the first q.k, not here
-        qa = gather_rows(Q, b, h, row0, 0, N, D, s_qb, s_qh, s_qn, s_qd, BM, DA)
-        if DB > 0:
-            qb_ = gather_rows(Q, b, h, row0, DA, N, D, s_qb, s_qh, s_qn, s_qd, BM, DB)
-        else:
-            qb_ = qa
+        qa, qb_ = gather_parts(Q, b, h, row0, N, D, s_qb, s_qh, s_qn, s_qd, BM, DA, DB)
         if UPCAST:
             qa = qa.to(tl.float32)
             qb_ = qb_.to(tl.float32)
