@@ -24,16 +24,22 @@ def tma_ready(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
 
 
+def tma_view(t: torch.Tensor, output: bool = False) -> torch.Tensor:
+    """``t`` as TMA reads it: a 16-byte aligned base and row strides, unit stride along D. An input
+    that is not gets a contiguous copy, an output must be."""
+    if tma_ready(t):
+        return t
+    if output:
+        raise ValueError("outputs need a 16-byte aligned base and strides, unit stride along D")
+    return t.contiguous()
+
+
 def descriptor_pair(t: torch.Tensor | None, rows: int, da: int, db: int, output: bool = False):
     """Descriptors of [1, 1, rows, DA] and [1, 1, rows, DB] blocks over a (B, H, N, D) tensor (None
-    for a missing tensor or a missing part B). TMA needs a 16-byte aligned base and row strides: an
-    input that is not gets a contiguous copy, an output must be."""
+    for a missing tensor or a missing part B); see tma_view."""
     if t is None:
         return None, None
-    if not tma_ready(t):
-        if output:
-            raise ValueError("outputs need a 16-byte aligned base and strides, unit stride along D")
-        t = t.contiguous()
+    t = tma_view(t, output)
     a = TensorDescriptor.from_tensor(t, [1, 1, rows, da])
     return a, (TensorDescriptor.from_tensor(t, [1, 1, rows, db]) if db else None)
 

@@ -25,6 +25,10 @@ class Config(NamedTuple):
     gather_q: bool = False     # sparse kernel: q by pointer loads (async) instead of a descriptor
     max_registers: int = 0     # per-thread register cap (0: the compiler's); 168 fits three 4-warp
                                # programs on an SM, so one's prologue and epilogue overlap the others' loops
+    warp_specialized: bool = False  # the Gluon kernel (sparse_attention_ws.py; Hopper, 128-token mask
+                               # blocks, plain and sparse-step epilogues): block_m 128 = two 64-row
+                               # consumer warp groups, num_stages key/value tiles in flight
+    residual_buffers: int = 1  # warp-specialised: work items whose R is loaded ahead (2: short rows)
 
     def launch_options(self) -> dict:
         options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
@@ -62,7 +66,10 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
       pointer loads, in flight while the key tile's descriptor load waits (Flux 15% -> 12% of cuDNN);
     - head dims 64-96: BLOCK_N 64 for long rows, 64-row programs with R loaded early for short ones.
     Configs that spill beyond the 168-register cap, 2-stage 4-warp programs at head dim 128 and an
-    L2 prefetch of R were slower everywhere."""
+    L2 prefetch of R were slower everywhere.
+    With 128-token mask blocks the warp-specialised Gluon kernel is a candidate too (the launcher
+    drops it where it does not apply: not Hopper, the capture epilogue, R of another dtype); on the
+    H200 it wins at head dim 128 (Wan 720p band 3.125%: 92% of cuDNN's FLOP rate against 80%)."""
     if INTERPRET:
         b = min(32, mask_block)
         return [Config(b, b, 4, 1)]
@@ -77,6 +84,9 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     out = [c for c in cands if c.block_m <= mask_block and c.block_n <= mask_block]
     if dense_loop:      # the fused capture kernel has none of the sparse kernel's loop variants
         out = list(dict.fromkeys(Config(*c[:4], max_registers=c.max_registers) for c in out))
+    elif mask_block == 128:
+        out += [Config(128, 128, 4, 2, warp_specialized=True),
+                Config(128, 128, 4, 2, warp_specialized=True, residual_buffers=2)]
     if not out:
         b = mask_block
         out = [Config(b, b, 4, 2)]

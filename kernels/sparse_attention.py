@@ -32,6 +32,11 @@ from ._tiles import (absorb_tile, descriptor_pair, gather_parts, load_parts, loa
                      qkv_descriptors, store_rows, tile_logits)
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
+try:                    # Gluon (triton >= 3.5): the warp-specialised Hopper kernel
+    from . import sparse_attention_ws
+except Exception:       # noqa: BLE001 - an older Triton: the Triton kernel alone
+    sparse_attention_ws = None
+
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 
 
@@ -235,6 +240,11 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
                 heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
     def launch(config: Config):
+        if config.warp_specialized:
+            sparse_attention_ws.launch(q, k, v, out, counts, indices, mask_block, order=order, weight=weight,
+                                       residual=residual, lse=lse, stages=config.num_stages,
+                                       residual_buffers=config.residual_buffers)
+            return
         bm = config.block_m
         tensors = (*qkv_descriptors(q, k, v, bm, config.block_n, da, db),
                    *descriptor_pair(out, bm, da, db, output=True),
@@ -250,7 +260,11 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,
            return_lse, work_hint)
-    config = choose(key, candidates(head_dim, mask_block), launch)
+    warp_specialized = (sparse_attention_ws is not None and mode != MODE_CAPTURE and not INTERPRET
+                        and sparse_attention_ws.supported(q, mask_block)
+                        and (residual is None or residual.dtype == q.dtype))
+    cands = [c for c in candidates(head_dim, mask_block) if warp_specialized or not c.warp_specialized]
+    config = choose(key, cands or candidates(head_dim, mask_block, dense_loop=True), launch)
     launch(config)
     if mode == MODE_CAPTURE:
         return lse

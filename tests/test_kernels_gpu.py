@@ -154,8 +154,8 @@ def test_packed_projection_past_32bit_row_offsets():
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3]], ids=["d64", "d72", "d128"])
 def test_every_candidate_config(case, monkeypatch):
-    """Each launch configuration tuning may pick (plain and hand-pipelined loops, both BLOCK_N),
-    forced in turn, on the sparse-step epilogue."""
+    """Each launch configuration tuning may pick (plain and hand-pipelined loops, both BLOCK_N, the
+    warp-specialised kernel on Hopper), forced in turn, on the sparse-step epilogue."""
     import importlib
     from kernels import _tuning
     sparse = importlib.import_module("kernels.sparse_attention")
@@ -173,3 +173,45 @@ def test_every_candidate_config(case, monkeypatch):
         kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r, out=out)
         assert torch.isfinite(out).all(), config
         assert rel(out, expect) < tol(q.dtype), config
+
+
+WS_CASES = [c for c in CASES if c[4] == 128]
+
+
+@pytest.mark.parametrize("case", WS_CASES, ids=[c[0] for c in WS_CASES])
+def test_warp_specialized_kernel(case):
+    """The Gluon kernel's configs (one and two R buffers), forced through the launcher on each
+    128-block case (odd N, text rows first, both input layouts, head dims 64-128): the plain epilogue
+    with lse and the sparse step, against the fp32 reference; repeat runs bit-identical."""
+    from kernels import _tuning, sparse_attention_ws
+    sparse = __import__("importlib").import_module("kernels.sparse_attention")
+    mask, (q, k, v) = make(case, 12)
+    if not sparse_attention_ws.supported(q, mask.block_size):
+        pytest.skip("the warp-specialised kernel needs Hopper (sm_90)")
+    counts, indices = mask.block_lists(DEV)
+    plan = triton_path._plan(mask, DEV)
+    g = torch.Generator(device=DEV).manual_seed(13)
+    w = torch.rand(q.shape[:3], generator=g, device=DEV) + 0.5
+    r = (torch.randn(q.shape, generator=g, device=DEV) * 0.1).to(q.dtype)
+    _, _, ref_w, ref_lse_w = reference(q, k, v, mask)
+    configs = [c for c in _tuning.candidates(q.shape[-1], mask.block_size) if c.warp_specialized]
+    assert len(configs) == 2
+    with pytest.MonkeyPatch.context() as mp:
+        for config in configs:
+            mp.setattr(sparse, "candidates", lambda *a, **kw: [config])
+            mp.setattr(_tuning, "_CACHE", {})
+            outs = []
+            for _ in range(2):
+                out = torch.full_like(q, float("nan"))
+                _, lse = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, order=plan.order,
+                                                  return_lse=True, out=out)
+                step = torch.full_like(q, float("nan"))
+                kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, order=plan.order, weight=w,
+                                         residual=r, out=step)
+                outs.append((out, lse, step))
+            assert set(_tuning.cached_choices().values()) == {config}
+            assert torch.isfinite(out).all() and torch.isfinite(lse).all() and torch.isfinite(step).all()
+            assert rel(out, ref_w) < tol(q.dtype), config
+            assert float((lse - ref_lse_w).abs().max()) < 1e-2, config
+            assert rel(step, w[..., None] * ref_w + r.float()) < tol(q.dtype), config
+            assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1])), config

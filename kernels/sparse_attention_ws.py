@@ -1,0 +1,264 @@
+"""Warp-specialised block-sparse attention for Hopper (Gluon): the sparse step at head dims 64 and 128.
+
+The same contract as the Triton kernel's plain and sparse-step epilogues (``sparse_attention.py``):
+
+    O^S_i = softmax over the keys of row i's listed key blocks,   out_i = w_i O^S_i + R_i.
+
+What differs is how the work is laid out on an SM. The Triton kernel runs one instruction stream
+per program, so a program's q load, its key loop and its R load / out store follow each other, and
+the SM only overlaps them across programs. Here each program is persistent and split into
+partitions (warp groups) that run side by side, talking through mbarriers:
+
+    loader   (1 warp):  TMA loads of q, of the key and value tiles of each block list (a ring of
+                        STAGES buffers) and of R, running ahead into the next work item;
+    consumer (2 x 4 warps, 64 query rows each): S = q k^T and O += P v on the tensor cores (wgmma),
+                        the online softmax in between, and the epilogue out = w O/l + R, stored by
+                        TMA through the buffer R came in.
+
+While one consumer runs its softmax (special-function unit) the other's wgmma keeps the tensor
+cores busy, and the loader has the next tiles (and the next item's q) in flight: the overlap that
+FlashAttention-3 gets by warp specialisation, which Triton's own pipeliner does not do on Hopper.
+
+Barriers: ``ready`` barriers complete when a TMA load lands (expect-tx), ``empty`` barriers when the
+consumers are done with a buffer. Phases follow one counter per ring, identical in all partitions:
+q and R buffers by work item, key/value stages by key tile (one tile = one mask block).
+
+Work items are (query tile of MB rows, batch*head), ordered head by head, so that the programs
+running at one time hold neighbouring query tiles of one head and share their key tiles in L2.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ._tiles import tma_view
+
+ROWS_PER_CONSUMER = 64     # query rows per consumer warp group (one wgmma M of 4 warps)
+HALF = gl.constexpr(ROWS_PER_CONSUMER)
+
+
+@gluon.jit
+def _item(item, n_qb, H, Order, ORDERED: gl.constexpr):
+    """(query block, b, h) of work item ``item``: query blocks vary fastest (L2 sharing of k, v)."""
+    qb = item % n_qb
+    bh = item // n_qb
+    if ORDERED:
+        qb = gl.load(Order + qb)        # heavy (dense text) query blocks first
+    return qb, bh // H, bh % H
+
+
+@gluon.jit
+def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                    q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride,
+                    MB: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr, HAS_RES: gl.constexpr,
+                    ORDERED: gl.constexpr):
+    tile = 0
+    n = 0
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        qb, b, h = _item(item, n_qb, H, Order, ORDERED)
+        count = gl.load(Counts + qb)
+        row = Indices + qb.to(gl.int64) * idx_stride
+        phase = n & 1
+        for half in gl.static_range(2):
+            mbarrier.wait(q_empty.index(half), phase ^ 1)
+            mbarrier.expect(q_ready.index(half), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, h, qb * MB + half * HALF, 0], q_ready.index(half),
+                                            q_smem.index(half))
+        for t in range(count):
+            stage = tile % STAGES
+            mbarrier.wait(kv_empty.index(stage), ((tile // STAGES) & 1) ^ 1)
+            start = gl.load(row + t) * MB
+            mbarrier.expect(kv_ready.index(stage), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [b, h, start, 0], kv_ready.index(stage), k_smem.index(stage))
+            tma.async_copy_global_to_shared(v_desc, [b, h, start, 0], kv_ready.index(stage), v_smem.index(stage))
+            tile += 1
+            # R once the first ring's worth of key tiles is on its way: needed last, and its buffer
+            # frees only when the consumers have stored the previous item's output from it.
+            if HAS_RES and t == gl.minimum(count, STAGES) - 1:
+                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, n, R_BUFS)
+        if HAS_RES and count == 0:
+            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, n, R_BUFS)
+        n += 1
+
+
+@gluon.jit
+def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, n, R_BUFS: gl.constexpr):
+    # R buffers: 2 halves x R_BUFS items; item n uses slot n % R_BUFS
+    phase = (n // R_BUFS) & 1
+    for half in gl.static_range(2):
+        buf = (n % R_BUFS) * 2 + half
+        mbarrier.wait(r_empty.index(buf), phase ^ 1)
+        mbarrier.expect(r_ready.index(buf), r_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(r_desc, [b, h, row0 + half * HALF, 0], r_ready.index(buf), r_smem.index(buf))
+
+
+@gluon.jit
+def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                        o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride,
+                        qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr,
+                        EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
+                        half: gl.constexpr):
+    dtype: gl.constexpr = o_desc.dtype
+    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D. P (bf16/fp16) feeds the
+    # second wgmma from registers, in the dot-operand layout of O's MMA.
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MB, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_buf = q_smem.index(half).reshape([HALF, D])
+    tile = 0
+    n = 0
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        qb, b, h = _item(item, n_qb, H, Order, ORDERED)
+        count = gl.load(Counts + qb)
+        row = Indices + qb.to(gl.int64) * idx_stride
+        row0 = qb * MB + half * HALF
+        phase = n & 1
+
+        m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
+        l_i = gl.zeros([HALF], gl.float32, s_rows)
+        acc = gl.zeros([HALF, D], gl.float32, o_layout)
+        mbarrier.wait(q_ready.index(half), phase)
+        for t in range(count):
+            stage = tile % STAGES
+            mbarrier.wait(kv_ready.index(stage), (tile // STAGES) & 1)
+            k_buf = k_smem.index(stage).reshape([MB, D])
+            v_buf = v_smem.index(stage).reshape([MB, D])
+            qk = warpgroup_mma(q_buf, k_buf.permute((1, 0)), gl.zeros([HALF, MB], gl.float32, s_layout),
+                               use_acc=False, is_async=True)
+            qk = warpgroup_mma_wait(0, deps=(qk, ))
+            if not EVEN_N:      # only the sequence's last key block is ragged: keys past N get -inf
+                start = gl.load(row + t) * MB
+                cols = start + gl.arange(0, MB, gl.SliceLayout(0, s_layout))
+                qk = gl.where(gl.expand_dims(cols < N, 0), qk, float("-inf"))
+            # online softmax in base 2 (see _tiles.py): rescale the running terms by alpha
+            m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+            p = gl.exp2(qk * qk_scale - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_buf, acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
+            mbarrier.arrive(kv_empty.index(stage), count=1)
+            m_i = m_new
+            tile += 1
+        mbarrier.arrive(q_empty.index(half), count=1)       # the loader may fetch the next item's q
+
+        # ---- epilogue: out = w O/l + R, through R's buffer ------------------------------------------
+        buf = (n % R_BUFS) * 2 + half
+        r_buf = r_smem.index(buf).reshape([HALF, D])
+        out = acc * gl.expand_dims(gl.convert_layout(1.0 / l_i, o_rows), 1)
+        if WRITE_LSE:
+            lse_rows = row0 + gl.arange(0, HALF, s_rows)
+            lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+            gl.store(Lse + (b * H + h).to(gl.int64) * N + lse_rows, lse, mask=lse_rows < N)
+        if HAS_RES:
+            rows = row0 + gl.arange(0, HALF, o_rows)
+            w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
+            mbarrier.wait(r_ready.index(buf), (n // R_BUFS) & 1)
+            out = gl.expand_dims(w.to(gl.float32), 1) * out + r_buf.load(o_layout).to(gl.float32)
+        else:
+            tma.store_wait(0)       # the previous item's store has left the buffer
+        r_buf.store(out.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], r_smem.index(buf))
+        if HAS_RES:
+            # The store's issuing thread waits for it to leave the buffer, then frees it for a later
+            # item's R (mbarrier.arrive is issued by that same thread).
+            tma.store_wait(0)
+            mbarrier.arrive(r_empty.index(buf), count=1)
+        n += 1
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices, Order, W, Lse,
+                         s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride, qk_scale,
+                         MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr,
+                         EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr,
+                         ORDERED: gl.constexpr):
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    r_smem = gl.allocate_shared_memory(dtype, [2 * R_BUFS] + o_desc.block_type.shape, o_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_ready = gl.allocate_shared_memory(gl.int64, [2 * R_BUFS, 1], mbarrier.MBarrierLayout())
+    r_empty = gl.allocate_shared_memory(gl.int64, [2 * R_BUFS, 1], mbarrier.MBarrierLayout())
+    kv_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
+    for i in gl.static_range(2 * R_BUFS):
+        mbarrier.init(r_ready.index(i), count=1)
+        mbarrier.init(r_empty.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(kv_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)        # both consumers release a key/value stage
+
+    gl.warp_specialize([
+        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                               o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
+                               idx_stride, qk_scale, MB, D, STAGES, R_BUFS, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 0)),
+        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                               o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
+                               idx_stride, qk_scale, MB, D, STAGES, R_BUFS, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 1)),
+        (_load_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                           q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride, MB,
+                           STAGES, R_BUFS, HAS_RES, ORDERED)),
+    ], [4, 1], [240, 24])
+
+
+MAX_REGISTERS = 168     # 12 warps (4 + 4 consumers, the loader's warp group) x 168 = the SM's 64K
+HEAD_DIMS = (64, 72, 80, 88, 96, 128)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The head dim rounded up to a power of two (Gluon tiles are): tiles read the columns past it as
+    zero (TMA fills out-of-bounds with zeros), so q.k is exact, and the output's extra columns are not
+    stored. 72-96 -> 128 costs tensor-core work but no memory traffic (the 1024^2 shapes are memory-bound)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def supported(q: torch.Tensor, mask_block: int) -> bool:
+    """Hopper (sm_90), the pack's head dims, 128-token mask blocks, fp16/bf16."""
+    return (q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0) and q.shape[-1] in HEAD_DIMS
+            and mask_block == 128 and q.dtype in (torch.float16, torch.bfloat16))
+
+
+def _descriptor(t: torch.Tensor, rows: int, output: bool = False) -> TensorDescriptor:
+    t = tma_view(t, output)
+    gl_dtype = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    block = [1, 1, rows, padded_head_dim(t.shape[-1])]
+    return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gl_dtype))
+
+
+def launch(q, k, v, out, counts, indices, mask_block, *, order=None, weight=None, residual=None, lse=None,
+           stages: int = 2, residual_buffers: int = 1):
+    """Fill ``out`` (and ``lse``) as the Triton kernel's plain (no ``weight``) or sparse-step epilogue
+    would, on inputs as that kernel's launcher has checked them (R of q's dtype; see ``supported``).
+    ``stages``: key/value tiles in flight; ``residual_buffers``: work items whose R is in flight (2
+    lets the next item's R load while this item's output leaves; short rows)."""
+    batch, heads, n, head_dim = q.shape
+    n_qb = counts.shape[0]
+    n_items = n_qb * batch * heads
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    has_res = residual is not None
+    rows = ROWS_PER_CONSUMER
+    _sparse_attention_ws[(min(sms, n_items), )](
+        _descriptor(q, rows), _descriptor(k, mask_block), _descriptor(v, mask_block), _descriptor(out, rows, True),
+        _descriptor(residual if has_res else out, rows), counts, indices, order, weight, lse,
+        *(weight.stride() if has_res else (0, 0, 0)), heads, n, n_qb, n_items, indices.stride(0),
+        head_dim ** -0.5 * 1.4426950408889634,
+        MB=mask_block, D=padded_head_dim(head_dim), STAGES=stages, R_BUFS=residual_buffers,
+        EVEN_N=(n % mask_block == 0), HAS_RES=has_res, WRITE_LSE=lse is not None, ORDERED=order is not None,
+        num_warps=4, maxnreg=MAX_REGISTERS)
