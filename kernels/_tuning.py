@@ -28,7 +28,6 @@ class Config(NamedTuple):
     warp_specialized: bool = False  # the Gluon kernel (sparse_attention_ws.py; Hopper, 128-token mask
                                # blocks, plain and sparse-step epilogues): block_m 128 = two 64-row
                                # consumer warp groups, num_stages key/value tiles in flight
-    residual_buffers: int = 1  # warp-specialised: work items whose R is loaded ahead (2: short rows)
 
     def launch_options(self) -> dict:
         options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
@@ -85,8 +84,7 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     if dense_loop:      # the fused capture kernel has none of the sparse kernel's loop variants
         out = list(dict.fromkeys(Config(*c[:4], max_registers=c.max_registers) for c in out))
     elif mask_block == 128:
-        out += [Config(128, 128, 4, 2, warp_specialized=True),
-                Config(128, 128, 4, 2, warp_specialized=True, residual_buffers=2)]
+        out.append(Config(128, 128, 4, 2, warp_specialized=True))
     if not out:
         b = mask_block
         out = [Config(b, b, 4, 2)]

@@ -242,8 +242,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
     def launch(config: Config):
         if config.warp_specialized:
             sparse_attention_ws.launch(q, k, v, out, counts, indices, mask_block, order=order, weight=weight,
-                                       residual=residual, lse=lse, stages=config.num_stages,
-                                       residual_buffers=config.residual_buffers)
+                                       residual=residual, lse=lse, stages=config.num_stages)
             return
         bm = config.block_m
         tensors = (*qkv_descriptors(q, k, v, bm, config.block_n, da, db),

@@ -55,8 +55,7 @@ def _item(item, n_qb, H, Order, ORDERED: gl.constexpr):
 @gluon.jit
 def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                     q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride,
-                    MB: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr, HAS_RES: gl.constexpr,
-                    ORDERED: gl.constexpr):
+                    MB: gl.constexpr, STAGES: gl.constexpr, HAS_RES: gl.constexpr, ORDERED: gl.constexpr):
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
@@ -80,28 +79,26 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
             # R once the first ring's worth of key tiles is on its way: needed last, and its buffer
             # frees only when the consumers have stored the previous item's output from it.
             if HAS_RES and t == gl.minimum(count, STAGES) - 1:
-                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, n, R_BUFS)
+                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
         if HAS_RES and count == 0:
-            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, n, R_BUFS)
+            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
         n += 1
 
 
 @gluon.jit
-def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, n, R_BUFS: gl.constexpr):
-    # R buffers: 2 halves x R_BUFS items; item n uses slot n % R_BUFS
-    phase = (n // R_BUFS) & 1
+def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, phase):
     for half in gl.static_range(2):
-        buf = (n % R_BUFS) * 2 + half
-        mbarrier.wait(r_empty.index(buf), phase ^ 1)
-        mbarrier.expect(r_ready.index(buf), r_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(r_desc, [b, h, row0 + half * HALF, 0], r_ready.index(buf), r_smem.index(buf))
+        mbarrier.wait(r_empty.index(half), phase ^ 1)
+        mbarrier.expect(r_ready.index(half), r_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(r_desc, [b, h, row0 + half * HALF, 0], r_ready.index(half),
+                                        r_smem.index(half))
 
 
 @gluon.jit
 def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                         o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride,
-                        qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr,
-                        EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
+                        qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, EVEN_N: gl.constexpr,
+                        HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
                         half: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
     # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D. P (bf16/fp16) feeds the
@@ -113,6 +110,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     q_buf = q_smem.index(half).reshape([HALF, D])
+    r_buf = r_smem.index(half).reshape([HALF, D])
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
@@ -122,6 +120,9 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
         row0 = qb * MB + half * HALF
         phase = n & 1
 
+        if HAS_RES:     # w now: its memory latency hides behind the key loop
+            rows = row0 + gl.arange(0, HALF, o_rows)
+            w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)
@@ -152,28 +153,24 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
         mbarrier.arrive(q_empty.index(half), count=1)       # the loader may fetch the next item's q
 
         # ---- epilogue: out = w O/l + R, through R's buffer ------------------------------------------
-        buf = (n % R_BUFS) * 2 + half
-        r_buf = r_smem.index(buf).reshape([HALF, D])
         out = acc * gl.expand_dims(gl.convert_layout(1.0 / l_i, o_rows), 1)
         if WRITE_LSE:
             lse_rows = row0 + gl.arange(0, HALF, s_rows)
             lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
             gl.store(Lse + (b * H + h).to(gl.int64) * N + lse_rows, lse, mask=lse_rows < N)
         if HAS_RES:
-            rows = row0 + gl.arange(0, HALF, o_rows)
-            w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
-            mbarrier.wait(r_ready.index(buf), (n // R_BUFS) & 1)
+            mbarrier.wait(r_ready.index(half), phase)
             out = gl.expand_dims(w.to(gl.float32), 1) * out + r_buf.load(o_layout).to(gl.float32)
         else:
             tma.store_wait(0)       # the previous item's store has left the buffer
         r_buf.store(out.to(dtype))
         fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], r_smem.index(buf))
+        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], r_smem.index(half))
         if HAS_RES:
-            # The store's issuing thread waits for it to leave the buffer, then frees it for a later
+            # The store's issuing thread waits for it to leave the buffer, then frees it for the next
             # item's R (mbarrier.arrive is issued by that same thread).
             tma.store_wait(0)
-            mbarrier.arrive(r_empty.index(buf), count=1)
+            mbarrier.arrive(r_empty.index(half), count=1)
         n += 1
     tma.store_wait(0)
 
@@ -181,24 +178,22 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
 @gluon.jit
 def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices, Order, W, Lse,
                          s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride, qk_scale,
-                         MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, R_BUFS: gl.constexpr,
-                         EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr,
-                         ORDERED: gl.constexpr):
+                         MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, EVEN_N: gl.constexpr,
+                         HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    r_smem = gl.allocate_shared_memory(dtype, [2 * R_BUFS] + o_desc.block_type.shape, o_desc.layout)
+    r_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_ready = gl.allocate_shared_memory(gl.int64, [2 * R_BUFS, 1], mbarrier.MBarrierLayout())
-    r_empty = gl.allocate_shared_memory(gl.int64, [2 * R_BUFS, 1], mbarrier.MBarrierLayout())
+    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     kv_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
+    for i in gl.static_range(2):     # q and R: one buffer per consumer half
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
-    for i in gl.static_range(2 * R_BUFS):
         mbarrier.init(r_ready.index(i), count=1)
         mbarrier.init(r_empty.index(i), count=1)
     for i in gl.static_range(STAGES):
@@ -208,13 +203,13 @@ def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices
     gl.warp_specialize([
         (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                                o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
-                               idx_stride, qk_scale, MB, D, STAGES, R_BUFS, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 0)),
+                               idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 0)),
         (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                                o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
-                               idx_stride, qk_scale, MB, D, STAGES, R_BUFS, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 1)),
+                               idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 1)),
         (_load_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                            q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride, MB,
-                           STAGES, R_BUFS, HAS_RES, ORDERED)),
+                           STAGES, HAS_RES, ORDERED)),
     ], [4, 1], [240, 24])
 
 
@@ -243,11 +238,10 @@ def _descriptor(t: torch.Tensor, rows: int, output: bool = False) -> TensorDescr
 
 
 def launch(q, k, v, out, counts, indices, mask_block, *, order=None, weight=None, residual=None, lse=None,
-           stages: int = 2, residual_buffers: int = 1):
+           stages: int = 2):
     """Fill ``out`` (and ``lse``) as the Triton kernel's plain (no ``weight``) or sparse-step epilogue
     would, on inputs as that kernel's launcher has checked them (R of q's dtype; see ``supported``).
-    ``stages``: key/value tiles in flight; ``residual_buffers``: work items whose R is in flight (2
-    lets the next item's R load while this item's output leaves; short rows)."""
+    ``stages``: key/value tiles in flight."""
     batch, heads, n, head_dim = q.shape
     n_qb = counts.shape[0]
     n_items = n_qb * batch * heads
@@ -259,6 +253,6 @@ def launch(q, k, v, out, counts, indices, mask_block, *, order=None, weight=None
         _descriptor(residual if has_res else out, rows), counts, indices, order, weight, lse,
         *(weight.stride() if has_res else (0, 0, 0)), heads, n, n_qb, n_items, indices.stride(0),
         head_dim ** -0.5 * 1.4426950408889634,
-        MB=mask_block, D=padded_head_dim(head_dim), STAGES=stages, R_BUFS=residual_buffers,
+        MB=mask_block, D=padded_head_dim(head_dim), STAGES=stages,
         EVEN_N=(n % mask_block == 0), HAS_RES=has_res, WRITE_LSE=lse is not None, ORDERED=order is not None,
         num_warps=4, maxnreg=MAX_REGISTERS)

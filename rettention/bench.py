@@ -125,6 +125,11 @@ def run(shapes, densities, kinds, flex=True, fused="first", log=print):
         add("cudnn", "dense", 1.0, 1.0, cudnn)
         add("cudnn+lse", "dense", 1.0, 1.0, bench_ms(lambda: triton_path.dense_with_lse(q, k, v)))
         add("flash", "dense", 1.0, 1.0, bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
+        r, out = torch.randn_like(q), torch.empty_like(q)
+        add("memory floor", "stream", 1.0, 1.0,
+            min(bench_ms(lambda: triton_path.kernels.stream_floor(q, k, v, r, out, block, warps))
+                for block, warps in ((2048, 4), (4096, 8), (8192, 8))))
+        del r, out
         first = True
         for kind in kinds:
             for density in densities:
@@ -157,7 +162,8 @@ def run(shapes, densities, kinds, flex=True, fused="first", log=print):
 
 def print_table(rows, out=sys.stdout):
     print(f"\nRe-ttention benchmark on {torch.cuda.get_device_name()} (bf16, median ms; % of cuDNN dense; "
-          "eff = % of cuDNN dense FLOP rate on the computed blocks)", file=out)
+          "eff = % of cuDNN dense FLOP rate on the computed blocks; memory floor = one pass reading q, k, v, R "
+          "and writing out, the sparse step's unavoidable traffic)", file=out)
     print(f"{'shape (B,H,N,D)':34s} {'impl':15s} {'kind':8s} {'asked':>7s} {'blocks':>7s} {'ms':>9s} "
           f"{'% cuDNN':>8s} {'eff':>6s}", file=out)
     last = None

@@ -205,3 +205,15 @@ def test_loop_variants_match_fp64(monkeypatch, block_n, variant):
         out = kernels.sparse_attention(q, k, v, counts, indices, mask.block_size, weight=w, residual=r)
         _, _, ref_w, _ = reference(q, k, v, mask)
         assert rel(out, w.double()[..., None] * ref_w + r.double()) < tol(q.dtype)
+
+
+def test_stream_floor_adds_its_inputs():
+    """The benchmark's memory-floor pass computes what it says (q + k + v + r), odd sizes included."""
+    g = torch.Generator().manual_seed(21)
+    ts = [torch.randn(1, 3, 37, 72, generator=g).to(torch.bfloat16) for _ in range(4)]
+    out = torch.empty_like(ts[0])
+    kernels.stream_floor(*ts, out, block=256, num_warps=4)
+    expect = sum(t.double() for t in ts)
+    assert float((out.double() - expect).abs().max()) < 0.06 * float(expect.abs().max())
+    with pytest.raises(ValueError):
+        kernels.stream_floor(ts[0], ts[1], ts[2], ts[3].transpose(2, 3).contiguous().transpose(2, 3), out)

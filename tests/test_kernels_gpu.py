@@ -180,7 +180,7 @@ WS_CASES = [c for c in CASES if c[4] == 128]
 
 @pytest.mark.parametrize("case", WS_CASES, ids=[c[0] for c in WS_CASES])
 def test_warp_specialized_kernel(case):
-    """The Gluon kernel's configs (one and two R buffers), forced through the launcher on each
+    """The Gluon kernel's config, forced through the launcher on each
     128-block case (odd N, text rows first, both input layouts, head dims 64-128): the plain epilogue
     with lse and the sparse step, against the fp32 reference; repeat runs bit-identical."""
     from kernels import _tuning, sparse_attention_ws
@@ -195,7 +195,7 @@ def test_warp_specialized_kernel(case):
     r = (torch.randn(q.shape, generator=g, device=DEV) * 0.1).to(q.dtype)
     _, _, ref_w, ref_lse_w = reference(q, k, v, mask)
     configs = [c for c in _tuning.candidates(q.shape[-1], mask.block_size) if c.warp_specialized]
-    assert len(configs) == 2
+    assert configs
     with pytest.MonkeyPatch.context() as mp:
         for config in configs:
             mp.setattr(sparse, "candidates", lambda *a, **kw: [config])
