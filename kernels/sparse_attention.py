@@ -258,7 +258,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
             **config.launch_options())
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,
-           return_lse, work_hint)
+           return_lse, work_hint, order is not None)     # order: rows of unequal work (text)
     warp_specialized = (sparse_attention_ws is not None and mode != MODE_CAPTURE and not INTERPRET
                         and sparse_attention_ws.supported(q, mask_block)
                         and (residual is None or residual.dtype == q.dtype))

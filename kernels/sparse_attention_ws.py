@@ -23,8 +23,9 @@ Barriers: ``ready`` barriers complete when a TMA load lands (expect-tx), ``empty
 consumers are done with a buffer. Phases follow one counter per ring, identical in all partitions:
 q and R buffers by work item, key/value stages by key tile (one tile = one mask block).
 
-Work items are (query tile of MB rows, batch*head), ordered head by head, so that the programs
-running at one time hold neighbouring query tiles of one head and share their key tiles in L2.
+Work items are (query tile of MB rows, batch*head), dealt to the programs round-robin: head by head
+when all rows have equal work (neighbouring query tiles of one head run together and share key
+tiles in L2), heaviest query blocks first across all heads when text rows make some heavier.
 """
 from __future__ import annotations
 
@@ -43,12 +44,17 @@ HALF = gl.constexpr(ROWS_PER_CONSUMER)
 
 
 @gluon.jit
-def _item(item, n_qb, H, Order, ORDERED: gl.constexpr):
-    """(query block, b, h) of work item ``item``: query blocks vary fastest (L2 sharing of k, v)."""
-    qb = item % n_qb
-    bh = item // n_qb
+def _item(item, n_qb, n_bh, H, Order, ORDERED: gl.constexpr):
+    """(query block, b, h) of work item ``item``. Rows of equal work: query blocks vary fastest, so
+    the items running at one time are neighbours in one head and share key tiles in L2. With an
+    ``Order`` (dense text rows first): heads vary fastest and the heavy query blocks of every head
+    come first, so that the static round-robin over programs deals them out evenly."""
     if ORDERED:
-        qb = gl.load(Order + qb)        # heavy (dense text) query blocks first
+        qb = gl.load(Order + item // n_bh)
+        bh = item % n_bh
+    else:
+        qb = item % n_qb
+        bh = item // n_qb
     return qb, bh // H, bh % H
 
 
@@ -59,7 +65,7 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h = _item(item, n_qb, H, Order, ORDERED)
+        qb, b, h = _item(item, n_qb, n_items // n_qb, H, Order, ORDERED)
         count = gl.load(Counts + qb)
         row = Indices + qb.to(gl.int64) * idx_stride
         phase = n & 1
@@ -114,7 +120,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h = _item(item, n_qb, H, Order, ORDERED)
+        qb, b, h = _item(item, n_qb, n_items // n_qb, H, Order, ORDERED)
         count = gl.load(Counts + qb)
         row = Indices + qb.to(gl.int64) * idx_stride
         row0 = qb * MB + half * HALF
