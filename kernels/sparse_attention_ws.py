@@ -44,9 +44,10 @@ HALF = gl.constexpr(ROWS_PER_CONSUMER)
 
 
 @gluon.jit
-def _item(item, n_qb, n_bh, H, Order, ORDERED: gl.constexpr):
-    """(query block, b, h) of work item ``item``. Rows of equal work: query blocks vary fastest, so
-    the items running at one time are neighbours in one head and share key tiles in L2. With an
+def _item(item, n_qb, n_bh, H, Order, Counts, Indices, idx_stride, ORDERED: gl.constexpr):
+    """(query block, b, h, key-block count, key-block list) of work item ``item``. Rows of equal
+    work: query blocks vary fastest, so the items running at one time are neighbours in one head and
+    share key tiles in L2. With an
     ``Order`` (dense text rows first): heads vary fastest and the heavy query blocks of every head
     come first, so that the static round-robin over programs deals them out evenly."""
     if ORDERED:
@@ -55,7 +56,7 @@ def _item(item, n_qb, n_bh, H, Order, ORDERED: gl.constexpr):
     else:
         qb = item % n_qb
         bh = item // n_qb
-    return qb, bh // H, bh % H
+    return qb, bh // H, bh % H, gl.load(Counts + qb), Indices + qb.to(gl.int64) * idx_stride
 
 
 @gluon.jit
@@ -65,9 +66,7 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h = _item(item, n_qb, n_items // n_qb, H, Order, ORDERED)
-        count = gl.load(Counts + qb)
-        row = Indices + qb.to(gl.int64) * idx_stride
+        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Order, Counts, Indices, idx_stride, ORDERED)
         phase = n & 1
         for half in gl.static_range(2):
             mbarrier.wait(q_empty.index(half), phase ^ 1)
@@ -120,9 +119,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h = _item(item, n_qb, n_items // n_qb, H, Order, ORDERED)
-        count = gl.load(Counts + qb)
-        row = Indices + qb.to(gl.int64) * idx_stride
+        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Order, Counts, Indices, idx_stride, ORDERED)
         row0 = qb * MB + half * HALF
         phase = n & 1
 
