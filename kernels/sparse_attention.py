@@ -263,7 +263,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
                         and sparse_attention_ws.supported(q, mask_block)
                         and (residual is None or residual.dtype == q.dtype))
     cands = [c for c in candidates(head_dim, mask_block) if warp_specialized or not c.warp_specialized]
-    config = choose(key, cands or candidates(head_dim, mask_block, dense_loop=True), launch)
+    config = choose(key, cands, launch)
     launch(config)
     if mode == MODE_CAPTURE:
         return lse

@@ -1,4 +1,4 @@
-"""Warp-specialised block-sparse attention for Hopper (Gluon): the sparse step at head dims 64 and 128.
+"""Warp-specialised block-sparse attention for Hopper (Gluon): the sparse step at head dims 64-128.
 
 The same contract as the Triton kernel's plain and sparse-step epilogues (``sparse_attention.py``):
 
@@ -45,11 +45,12 @@ HALF = gl.constexpr(ROWS_PER_CONSUMER)
 
 @gluon.jit
 def _item(item, n_qb, n_bh, H, Order, Counts, Indices, idx_stride, ORDERED: gl.constexpr):
-    """(query block, b, h, key-block count, key-block list) of work item ``item``. Rows of equal
-    work: query blocks vary fastest, so the items running at one time are neighbours in one head and
-    share key tiles in L2. With an
-    ``Order`` (dense text rows first): heads vary fastest and the heavy query blocks of every head
-    come first, so that the static round-robin over programs deals them out evenly."""
+    """(query block, b, h, key-block count, key-block list) of work item ``item``.
+
+    Rows of equal work: query blocks vary fastest, so the items running at one time are neighbours
+    in one head and share key tiles in L2. With an ``Order`` (dense text rows first): heads vary
+    fastest and the heavy query blocks of every head come first, so that the static round-robin over
+    programs deals them out evenly."""
     if ORDERED:
         qb = gl.load(Order + item // n_bh)
         bh = item % n_bh

@@ -7,9 +7,10 @@
 For each shape (B, H, N, D, bf16) it prints median ms and the ratio to cuDNN dense attention, all
 measured in one run on the same inputs (each timed call is one CUDA-graph replay after an L2 flush,
 so the table holds GPU time, not Python launch overhead; see ``bench_ms``): cuDNN SDPA, flash SDPA,
-cuDNN + its log-sum-exp, and per mask (kind, density): PyTorch FlexAttention on the same block
-lists (``BlockMask.from_kv_blocks``), our sparse step, our capture step (design "split": cuDNN + lse, then the sparse kernel's capture
-epilogue; design "fused": one kernel with two accumulators). "eff" is the computed-block efficiency:
+cuDNN + its log-sum-exp, the memory floor (one pass reading q, k, v, R and writing out:
+``kernels.stream_floor``), and per mask (kind, density): PyTorch FlexAttention on the same block
+lists (``BlockMask.from_kv_blocks``), our sparse step, our capture step (design "split": cuDNN +
+lse, then the sparse kernel's capture epilogue; design "fused": one kernel with two accumulators). "eff" is the computed-block efficiency:
 (cuDNN dense ms x mask density) / ms, i.e. the fraction of cuDNN's dense FLOP rate reached on the
 blocks actually computed. Needs a CUDA GPU.
 """
