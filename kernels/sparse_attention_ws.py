@@ -13,7 +13,11 @@ partitions (warp groups) that run side by side, talking through mbarriers:
                         STAGES buffers) and of R, running ahead into the next work item;
     consumer (2 x 4 warps, 64 query rows each): S = q k^T and O += P v on the tensor cores (wgmma),
                         the online softmax in between, and the epilogue out = w O/l + R, stored by
-                        TMA through the buffer R came in.
+                        TMA from a buffer of its own.
+
+A consumer copies q (and, in the epilogue, R) from shared memory to registers and hands the buffer
+straight back, so the loader fetches the next item's q and R while this item computes. With one key
+tile per row (the 1024^2 shapes) an item is short, and these loads no longer wait for it to end.
 
 While one consumer runs its softmax (special-function unit) the other's wgmma keeps the tensor
 cores busy, and the loader has the next tiles (and the next item's q) in flight: the overlap that
@@ -82,8 +86,8 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
             tma.async_copy_global_to_shared(k_desc, [b, h, start, 0], kv_ready.index(stage), k_smem.index(stage))
             tma.async_copy_global_to_shared(v_desc, [b, h, start, 0], kv_ready.index(stage), v_smem.index(stage))
             tile += 1
-            # R once the first ring's worth of key tiles is on its way: needed last, and its buffer
-            # frees only when the consumers have stored the previous item's output from it.
+            # R once the first ring's worth of key tiles is on its way: it is needed last, and its
+            # buffer frees only when the consumers have read the previous item's R.
             if HAS_RES and t == gl.minimum(count, STAGES) - 1:
                 _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
         if HAS_RES and count == 0:
@@ -101,22 +105,24 @@ def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, phase):
 
 
 @gluon.jit
-def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
-                        o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride,
-                        qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, EVEN_N: gl.constexpr,
-                        HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
+def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready,
+                        r_empty, o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
+                        idx_stride, qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
                         half: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
-    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D. P (bf16/fp16) feeds the
-    # second wgmma from registers, in the dot-operand layout of O's MMA.
+    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D. q and P (bf16/fp16) are
+    # the A operands and come from registers, in the dot-operand layouts of S's and O's MMAs.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MB, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     q_buf = q_smem.index(half).reshape([HALF, D])
     r_buf = r_smem.index(half).reshape([HALF, D])
+    o_buf = o_smem.index(half).reshape([HALF, D])
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
@@ -127,16 +133,21 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
         if HAS_RES:     # w now: its memory latency hides behind the key loop
             rows = row0 + gl.arange(0, HALF, o_rows)
             w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
+        # q moves to registers and its buffer goes straight back: the loader fetches the next item's q
+        # while this item computes, so a short row (one key tile) does not wait a memory latency for it.
+        mbarrier.wait(q_ready.index(half), phase)
+        q = q_buf.load(q_layout)
+        gl.thread_barrier()     # all four warps have read the buffer before it is handed back
+        mbarrier.arrive(q_empty.index(half), count=1)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)
-        mbarrier.wait(q_ready.index(half), phase)
         for t in range(count):
             stage = tile % STAGES
             mbarrier.wait(kv_ready.index(stage), (tile // STAGES) & 1)
             k_buf = k_smem.index(stage).reshape([MB, D])
             v_buf = v_smem.index(stage).reshape([MB, D])
-            qk = warpgroup_mma(q_buf, k_buf.permute((1, 0)), gl.zeros([HALF, MB], gl.float32, s_layout),
+            qk = warpgroup_mma(q, k_buf.permute((1, 0)), gl.zeros([HALF, MB], gl.float32, s_layout),
                                use_acc=False, is_async=True)
             qk = warpgroup_mma_wait(0, deps=(qk, ))
             if not EVEN_N:      # only the sequence's last key block is ragged: keys past N get -inf
@@ -154,27 +165,26 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_rea
             mbarrier.arrive(kv_empty.index(stage), count=1)
             m_i = m_new
             tile += 1
-        mbarrier.arrive(q_empty.index(half), count=1)       # the loader may fetch the next item's q
 
-        # ---- epilogue: out = w O/l + R, through R's buffer ------------------------------------------
+        # ---- epilogue: out = w O/l + R ----------------------------------------------------------------
         out = acc * gl.expand_dims(gl.convert_layout(1.0 / l_i, o_rows), 1)
         if WRITE_LSE:
             lse_rows = row0 + gl.arange(0, HALF, s_rows)
             lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
             gl.store(Lse + (b * H + h).to(gl.int64) * N + lse_rows, lse, mask=lse_rows < N)
-        if HAS_RES:
+        if HAS_RES:     # R to registers, its buffer back to the loader for the next item's R
             mbarrier.wait(r_ready.index(half), phase)
-            out = gl.expand_dims(w.to(gl.float32), 1) * out + r_buf.load(o_layout).to(gl.float32)
-        else:
-            tma.store_wait(0)       # the previous item's store has left the buffer
-        r_buf.store(out.to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], r_smem.index(half))
-        if HAS_RES:
-            # The store's issuing thread waits for it to leave the buffer, then frees it for the next
-            # item's R (mbarrier.arrive is issued by that same thread).
-            tma.store_wait(0)
+            residual = r_buf.load(o_layout)
+            gl.thread_barrier()
             mbarrier.arrive(r_empty.index(half), count=1)
+            out = gl.expand_dims(w.to(gl.float32), 1) * out + residual.to(gl.float32)
+        # Stored by TMA from a buffer of its own (stores straight from the MMA layout write 16-byte
+        # pieces: 1.2-1.6x slower at 1024^2); the previous item's store has had this item's time to
+        # leave it. TMA drops the rows past N and the padding columns past the head dim.
+        tma.store_wait(0)
+        o_buf.store(out.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], o_smem.index(half))
         n += 1
     tma.store_wait(0)
 
@@ -188,14 +198,15 @@ def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    r_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+    r_smem = gl.allocate_shared_memory(dtype, [2] + r_desc.block_type.shape, r_desc.layout)
+    o_smem = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     kv_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):     # q and R: one buffer per consumer half
+    for i in gl.static_range(2):     # q, R and out: one buffer per consumer half
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
         mbarrier.init(r_ready.index(i), count=1)
@@ -205,12 +216,14 @@ def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices
         mbarrier.init(kv_empty.index(i), count=2)        # both consumers release a key/value stage
 
     gl.warp_specialize([
-        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
-                               o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
-                               idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 0)),
-        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
-                               o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
-                               idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED, 1)),
+        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready,
+                               r_empty, o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb,
+                               n_items, idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED,
+                               0)),
+        (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready,
+                               r_empty, o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb,
+                               n_items, idx_stride, qk_scale, MB, D, STAGES, EVEN_N, HAS_RES, WRITE_LSE, ORDERED,
+                               1)),
         (_load_partition, (q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                            q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride, MB,
                            STAGES, HAS_RES, ORDERED)),
