@@ -4,13 +4,15 @@
   the reshape (out = w * O^S + R) or the capture epilogue (rho, R from a dense O and lse) fused.
   On Hopper a warp-specialised Gluon kernel (``sparse_attention_ws.py``) is one of its launch
   configurations (plain and sparse-step epilogues).
-- :func:`capture_attention`: the capture step in one kernel (dense + window accumulators).
+- :func:`capture_attention`: the capture step in one kernel (dense + window accumulators); on
+  Hopper also a warp-specialised Gluon kernel (``capture_attention_ws.py``) that walks the window's
+  key tiles first.
 - :func:`stream_floor`: the benchmark's memory floor (a pass over the sparse step's traffic).
 """
-from ._tuning import cached_choices, graph_replay, split_head_dim
+from ._tuning import cached_choices, choose, graph_replay, split_head_dim
 from .capture_attention import capture_attention
 from .sparse_attention import sparse_attention, work_hint
 from .stream_floor import stream_floor
 
-__all__ = ["sparse_attention", "capture_attention", "work_hint", "split_head_dim", "cached_choices",
+__all__ = ["sparse_attention", "capture_attention", "work_hint", "split_head_dim", "cached_choices", "choose",
            "graph_replay", "stream_floor"]

@@ -66,9 +66,10 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     - head dims 64-96: BLOCK_N 64 for long rows, 64-row programs with R loaded early for short ones.
     Configs that spill beyond the 168-register cap, 2-stage 4-warp programs at head dim 128 and an
     L2 prefetch of R were slower everywhere.
-    With 128-token mask blocks the warp-specialised Gluon kernel is a candidate too (the launcher
-    drops it where it does not apply: not Hopper, the capture epilogue, R of another dtype); on the
-    H200 it wins at head dim 128 (Wan 720p band 3.125%: 92% of cuDNN's FLOP rate against 80%)."""
+    With 128-token mask blocks the warp-specialised Gluon kernels are candidates too (the launchers
+    drop them where they do not apply: not Hopper, the split design's capture epilogue, R of another
+    dtype); on the H200 they win at head dim 128 (Wan 720p band 3.125%: 92% of cuDNN's FLOP rate
+    against 80%)."""
     if INTERPRET:
         b = min(32, mask_block)
         return [Config(b, b, 4, 1)]
@@ -83,7 +84,7 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     out = [c for c in cands if c.block_m <= mask_block and c.block_n <= mask_block]
     if dense_loop:      # the fused capture kernel has none of the sparse kernel's loop variants
         out = list(dict.fromkeys(Config(*c[:4], max_registers=c.max_registers) for c in out))
-    elif mask_block == 128:
+    if mask_block == 128:
         out.append(Config(128, 128, 4, 2, warp_specialized=True))
     if not out:
         b = mask_block
@@ -91,11 +92,12 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     return out
 
 
-_CACHE: dict[tuple, Config] = {}
+_CACHE: dict[tuple, object] = {}
 
 
-def choose(key: tuple, cands: list[Config], launch: Callable[[Config], None]) -> Config:
+def choose(key: tuple, cands: list, launch: Callable[[object], object]):
     """The cached config for ``key``; on a miss, time each candidate (``launch(config)``) and keep the fastest.
+    A candidate is a ``Config`` or any other hashable choice (e.g. a capture design).
 
     The candidates are timed in turns (one run of each per round, median over the rounds), so a
     drift of the GPU's clocks during tuning weighs on all of them alike.

@@ -24,7 +24,10 @@ import triton.language as tl
 
 from ._tiles import descriptor_pair, load_parts, qkv_descriptors, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
-from .sparse_attention import _check_qkv, w0_argument
+from .sparse_attention import _check_qkv, sparse_attention_ws, w0_argument
+
+if sparse_attention_ws is not None:     # Gluon imports cleanly: the warp-specialised capture too
+    from . import capture_attention_ws
 
 
 @triton.jit
@@ -169,6 +172,10 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
                 heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
 
     def launch(config: Config):
+        if config.warp_specialized:
+            capture_attention_ws.launch(q, k, v, out, residual, rho, counts, indices, mask_block, w0_mode=w0_mode,
+                                        w0=w0, lse=lse, lse_window=lse_s, stages=config.num_stages)
+            return
         bm = config.block_m
         tensors = (*qkv_descriptors(q, k, v, bm, config.block_n, da, db),
                    *descriptor_pair(out, bm, da, db, output=True), *descriptor_pair(residual, bm, da, db, output=True))
@@ -180,7 +187,10 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
 
     key = ("capture", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, w0_mode,
            return_lse, work_hint)
-    config = choose(key, candidates(head_dim, mask_block, dense_loop=True), launch)
+    warp_specialized = (sparse_attention_ws is not None and not INTERPRET
+                        and sparse_attention_ws.supported(q, mask_block) and residual.dtype == q.dtype)
+    cands = [c for c in candidates(head_dim, mask_block, dense_loop=True) if warp_specialized or not c.warp_specialized]
+    config = choose(key, cands, launch)
     launch(config)
     if return_lse:
         return out, rho, residual, lse, lse_s

@@ -65,34 +65,24 @@ def _item(item, n_qb, n_bh, H, Order, Counts, Indices, idx_stride, ORDERED: gl.c
 
 
 @gluon.jit
-def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
-                    q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride,
-                    MB: gl.constexpr, STAGES: gl.constexpr, HAS_RES: gl.constexpr, ORDERED: gl.constexpr):
-    tile = 0
-    n = 0
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Order, Counts, Indices, idx_stride, ORDERED)
-        phase = n & 1
-        for half in gl.static_range(2):
-            mbarrier.wait(q_empty.index(half), phase ^ 1)
-            mbarrier.expect(q_ready.index(half), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, h, qb * MB + half * HALF, 0], q_ready.index(half),
-                                            q_smem.index(half))
-        for t in range(count):
-            stage = tile % STAGES
-            mbarrier.wait(kv_empty.index(stage), ((tile // STAGES) & 1) ^ 1)
-            start = gl.load(row + t) * MB
-            mbarrier.expect(kv_ready.index(stage), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [b, h, start, 0], kv_ready.index(stage), k_smem.index(stage))
-            tma.async_copy_global_to_shared(v_desc, [b, h, start, 0], kv_ready.index(stage), v_smem.index(stage))
-            tile += 1
-            # R once the first ring's worth of key tiles is on its way: it is needed last, and its
-            # buffer frees only when the consumers have read the previous item's R.
-            if HAS_RES and t == gl.minimum(count, STAGES) - 1:
-                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
-        if HAS_RES and count == 0:
-            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
-        n += 1
+def _load_q(q_desc, q_smem, q_ready, q_empty, b, h, row0, phase):
+    """Loader: q of one work item, a buffer per consumer half."""
+    for half in gl.static_range(2):
+        mbarrier.wait(q_empty.index(half), phase ^ 1)
+        mbarrier.expect(q_ready.index(half), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [b, h, row0 + half * HALF, 0], q_ready.index(half),
+                                        q_smem.index(half))
+
+
+@gluon.jit
+def _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, start, tile, STAGES: gl.constexpr):
+    """Loader: the key and value tile at key row ``start`` into the ring's next stage."""
+    stage = tile % STAGES
+    mbarrier.wait(kv_empty.index(stage), ((tile // STAGES) & 1) ^ 1)
+    mbarrier.expect(kv_ready.index(stage), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [b, h, start, 0], kv_ready.index(stage), k_smem.index(stage))
+    tma.async_copy_global_to_shared(v_desc, [b, h, start, 0], kv_ready.index(stage), v_smem.index(stage))
+    return tile + 1
 
 
 @gluon.jit
@@ -105,22 +95,82 @@ def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, phase):
 
 
 @gluon.jit
+def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
+                    q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride,
+                    MB: gl.constexpr, STAGES: gl.constexpr, HAS_RES: gl.constexpr, ORDERED: gl.constexpr):
+    tile = 0
+    n = 0
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Order, Counts, Indices, idx_stride, ORDERED)
+        phase = n & 1
+        _load_q(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, phase)
+        for t in range(count):
+            tile = _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, gl.load(row + t) * MB, tile,
+                            STAGES)
+            # R once the first ring's worth of key tiles is on its way: it is needed last, and its
+            # buffer frees only when the consumers have read the previous item's R.
+            if HAS_RES and t == gl.minimum(count, STAGES) - 1:
+                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
+        if HAS_RES and count == 0:
+            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
+        n += 1
+
+
+@gluon.jit
+def _take_q(q_smem, q_ready, q_empty, half: gl.constexpr, phase, layout: gl.constexpr, D: gl.constexpr):
+    """Consumer: q to registers (the A operand of S = q k^T, in ``layout``) and its buffer straight
+    back, so that the loader fetches the next item's q while this item computes."""
+    mbarrier.wait(q_ready.index(half), phase)
+    q = q_smem.index(half).reshape([HALF, D]).load(layout)
+    gl.thread_barrier()     # all four warps have read the buffer before it is handed back
+    mbarrier.arrive(q_empty.index(half), count=1)
+    return q
+
+
+@gluon.jit
+def _attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, start, m_i, l_i, acc, N, qk_scale,
+                 s_layout: gl.constexpr, o_layout: gl.constexpr, MB: gl.constexpr, D: gl.constexpr,
+                 STAGES: gl.constexpr, EVEN_N: gl.constexpr):
+    """Consumer: one key tile (key rows ``start`` + [0, MB), in the ring's next stage) into the
+    online softmax (m_i, l_i, acc), in base 2 (see _tiles.py). Returns the running terms."""
+    stage = tile % STAGES
+    mbarrier.wait(kv_ready.index(stage), (tile // STAGES) & 1)
+    k_buf = k_smem.index(stage).reshape([MB, D])
+    v_buf = v_smem.index(stage).reshape([MB, D])
+    qk = warpgroup_mma(q, k_buf.permute((1, 0)), gl.zeros([HALF, MB], gl.float32, s_layout),
+                       use_acc=False, is_async=True)
+    qk = warpgroup_mma_wait(0, deps=(qk, ))
+    if not EVEN_N:      # only the sequence's last key block is ragged: keys past N get -inf
+        cols = start + gl.arange(0, MB, gl.SliceLayout(0, s_layout))
+        qk = gl.where(gl.expand_dims(cols < N, 0), qk, float("-inf"))
+    # rescale the running terms by alpha = exp2(m_old - m_new); P (bf16/fp16) is the A operand of
+    # O += P v, from registers in the dot-operand layout of O's MMA
+    m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+    p = gl.exp2(qk * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    acc = warpgroup_mma(gl.convert_layout(p.to(v_buf.dtype), p_layout), v_buf, acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(kv_empty.index(stage), count=1)
+    return m_new, l_i, acc
+
+
+@gluon.jit
 def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready,
                         r_empty, o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb, n_items,
                         idx_stride, qk_scale, MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                         EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
                         half: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
-    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D. q and P (bf16/fp16) are
-    # the A operands and come from registers, in the dot-operand layouts of S's and O's MMAs.
+    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MB, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
     q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    q_buf = q_smem.index(half).reshape([HALF, D])
     r_buf = r_smem.index(half).reshape([HALF, D])
     o_buf = o_smem.index(half).reshape([HALF, D])
     tile = 0
@@ -133,37 +183,13 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty
         if HAS_RES:     # w now: its memory latency hides behind the key loop
             rows = row0 + gl.arange(0, HALF, o_rows)
             w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
-        # q moves to registers and its buffer goes straight back: the loader fetches the next item's q
-        # while this item computes, so a short row (one key tile) does not wait a memory latency for it.
-        mbarrier.wait(q_ready.index(half), phase)
-        q = q_buf.load(q_layout)
-        gl.thread_barrier()     # all four warps have read the buffer before it is handed back
-        mbarrier.arrive(q_empty.index(half), count=1)
+        q = _take_q(q_smem, q_ready, q_empty, half, phase, q_layout, D)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)
         for t in range(count):
-            stage = tile % STAGES
-            mbarrier.wait(kv_ready.index(stage), (tile // STAGES) & 1)
-            k_buf = k_smem.index(stage).reshape([MB, D])
-            v_buf = v_smem.index(stage).reshape([MB, D])
-            qk = warpgroup_mma(q, k_buf.permute((1, 0)), gl.zeros([HALF, MB], gl.float32, s_layout),
-                               use_acc=False, is_async=True)
-            qk = warpgroup_mma_wait(0, deps=(qk, ))
-            if not EVEN_N:      # only the sequence's last key block is ragged: keys past N get -inf
-                start = gl.load(row + t) * MB
-                cols = start + gl.arange(0, MB, gl.SliceLayout(0, s_layout))
-                qk = gl.where(gl.expand_dims(cols < N, 0), qk, float("-inf"))
-            # online softmax in base 2 (see _tiles.py): rescale the running terms by alpha
-            m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
-            p = gl.exp2(qk * qk_scale - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_buf, acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
-            mbarrier.arrive(kv_empty.index(stage), count=1)
-            m_i = m_new
+            m_i, l_i, acc = _attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, gl.load(row + t) * MB, m_i, l_i,
+                                         acc, N, qk_scale, s_layout, o_layout, MB, D, STAGES, EVEN_N)
             tile += 1
 
         # ---- epilogue: out = w O/l + R ----------------------------------------------------------------
@@ -190,10 +216,10 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty
 
 
 @gluon.jit
-def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices, Order, W, Lse,
-                         s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride, qk_scale,
-                         MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, EVEN_N: gl.constexpr,
-                         HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr):
+def _shared_buffers(q_desc, k_desc, v_desc, o_desc, r_desc, STAGES: gl.constexpr):
+    """Shared memory of one program: q, R and out buffers (one per consumer half), the key/value
+    ring, and their barriers (initialised). q 32 KB, the ring 128 KB, R and out 32 KB each at
+    head dim 128: 224 KB of the H100/H200's 227."""
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -206,7 +232,7 @@ def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices
     r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     kv_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):     # q, R and out: one buffer per consumer half
+    for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
         mbarrier.init(r_ready.index(i), count=1)
@@ -214,7 +240,16 @@ def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices
     for i in gl.static_range(STAGES):
         mbarrier.init(kv_ready.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=2)        # both consumers release a key/value stage
+    return q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, r_ready, r_empty, kv_ready, kv_empty
 
+
+@gluon.jit
+def _sparse_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indices, Order, W, Lse,
+                         s_wb, s_wh, s_wn, H, N, n_qb, n_items, idx_stride, qk_scale,
+                         MB: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, EVEN_N: gl.constexpr,
+                         HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr):
+    q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, r_ready, r_empty, kv_ready, kv_empty = \
+        _shared_buffers(q_desc, k_desc, v_desc, o_desc, r_desc, STAGES)
     gl.warp_specialize([
         (_consumer_partition, (q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready,
                                r_empty, o_desc, Counts, Indices, Order, W, Lse, s_wb, s_wh, s_wn, H, N, n_qb,

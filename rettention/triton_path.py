@@ -4,11 +4,13 @@ Same semantics as :mod:`rettention.torch_path` (the oracle): S_i = the keys of t
 row i's query block lists; rho = exp(lse_window - lse); R_w = O - w0 * O_window with
 w0 = weight.weight(rho, 0); a sparse step returns w * O_window + R_w, w = weight.weight(rho, k).
 
-Capture step design (DESIGN.md section 4), measured on an H200 by ``python -m rettention.bench``:
-``"split"``: the fastest dense attention that returns its log-sum-exp (cuDNN) followed by the sparse
-kernel with the capture epilogue (reads O and lse, writes rho and R); ``"fused"``: one kernel with a
-dense and a window accumulator. ``CAPTURE_DESIGN`` holds the one kept; the environment variable
-``RETTENTION_CAPTURE`` (split/fused) overrides it.
+Capture step designs (DESIGN.md section 4): ``"split"``: the fastest dense attention that returns
+its log-sum-exp (cuDNN) followed by the sparse kernel with the capture epilogue (reads O and lse,
+writes rho and R); ``"fused"``: one kernel that walks all keys, the window's first. Neither wins
+everywhere (``python -m rettention.bench`` on an H200: fused from 1.01x of cuDNN at CogVideoX, split
+at HunyuanVideo's 3.1% band), so the first capture of a shape times both and keeps the faster, as
+kernel launch configurations are tuned. The environment variable ``RETTENTION_CAPTURE``
+(split/fused) forces one.
 
 Per mask and device the block lists, the launch order (heaviest query blocks first) and the tuning
 hint are built once and cached; a call makes no host sync and no N x N buffer.
@@ -30,7 +32,7 @@ from .weights import CalibratedWeight, RhoRampWeight, RhoWeight, UnitWeight, Wei
 _package = (__package__ or "").rpartition(".")[0]
 kernels = importlib.import_module(f"{_package}.kernels" if _package else "kernels")
 
-CAPTURE_DESIGN = "split"
+CAPTURE_DESIGNS = ("split", "fused")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 _available: dict[torch.device, bool] = {}
@@ -139,9 +141,10 @@ def _w0_argument(weight: WeightRule, heads: int, device):
     return "raw"
 
 
-def capture_design() -> str:
-    design = os.environ.get("RETTENTION_CAPTURE", CAPTURE_DESIGN)
-    return design if design in ("split", "fused") else CAPTURE_DESIGN
+def capture_design() -> str | None:
+    """The design ``RETTENTION_CAPTURE`` forces, or None: timed per shape."""
+    design = os.environ.get("RETTENTION_CAPTURE")
+    return design if design in CAPTURE_DESIGNS else None
 
 
 def full_with_stats(q, k, v, mask: SparseMask, weight: WeightRule, residual_dtype: torch.dtype,
@@ -152,19 +155,25 @@ def full_with_stats(q, k, v, mask: SparseMask, weight: WeightRule, residual_dtyp
     batch, heads, n, _ = q.shape
     plan = _plan(mask, q.device)
     w0 = _w0_argument(weight, heads, q.device)
-    design = design or capture_design()
-    with _on(q.device):
+
+    def capture(design: str):
         if design == "fused":
-            out, rho, residual = kernels.capture_attention(
-                q, k, v, plan.counts, plan.indices, mask.block_size, residual_dtype=residual_dtype,
-                order=plan.order, w0=w0, work_hint=plan.work_hint)
-        else:
-            out, lse = dense_with_lse(q, k, v, mask)
-            rho = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
-            residual = torch.empty(q.shape, dtype=residual_dtype, device=q.device)
-            kernels.sparse_attention(q, k, v, plan.counts, plan.indices, mask.block_size, order=plan.order,
-                                     out_full=out, lse_full=lse, rho=rho, residual=residual, w0=w0,
-                                     work_hint=plan.work_hint)
+            return kernels.capture_attention(q, k, v, plan.counts, plan.indices, mask.block_size,
+                                             residual_dtype=residual_dtype, order=plan.order, w0=w0,
+                                             work_hint=plan.work_hint)
+        out, lse = dense_with_lse(q, k, v, mask)
+        rho = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+        residual = torch.empty(q.shape, dtype=residual_dtype, device=q.device)
+        kernels.sparse_attention(q, k, v, plan.counts, plan.indices, mask.block_size, order=plan.order,
+                                 out_full=out, lse_full=lse, rho=rho, residual=residual, w0=w0,
+                                 work_hint=plan.work_hint)
+        return out, rho, residual
+
+    with _on(q.device):
+        design = design or capture_design() or kernels.choose(
+            ("capture design", q.device, q.dtype, tuple(q.shape), residual_dtype, mask.block_size,
+             plan.work_hint, plan.order is not None), list(CAPTURE_DESIGNS), capture)
+        out, rho, residual = capture(design)
     if isinstance(w0, str):                     # any other rule: the kernel left O_window in R
         w = weight.weight(rho, 0, slice(None)).float()
         residual = (out.float() - w[..., None] * residual.float()).to(residual_dtype)

@@ -102,6 +102,27 @@ def test_capture_matches_fp64_and_oracle(case, design):
     assert rel(again, ref) < tol(q.dtype)
 
 
+def test_capture_design_is_timed_per_shape_unless_forced(monkeypatch):
+    """Without RETTENTION_CAPTURE the first capture of a shape asks the tuner to pick between the
+    designs (timing each); the environment variable forces one."""
+    mask, q, k, v = _setup(CASES[0], seed=4)
+    asked = []
+
+    def choose(key, cands, launch):
+        asked.append((key, tuple(cands)))
+        return "fused"
+
+    monkeypatch.delenv("RETTENTION_CAPTURE", raising=False)
+    monkeypatch.setattr(kernels, "choose", choose)
+    tuned, _ = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype)
+    assert [cands for _, cands in asked] == [("split", "fused")] and tuple(q.shape) in asked[0][0]
+    fused, _ = triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype, design="fused")
+    assert torch.equal(tuned, fused)
+    monkeypatch.setenv("RETTENTION_CAPTURE", "split")
+    triton_path.full_with_stats(q, k, v, mask, RhoWeight(), q.dtype)
+    assert len(asked) == 1
+
+
 class _HalfRho:
     """A rule the kernels do not know: w = rho / 2 + 0.1 * steps (the 'raw' capture path)."""
 

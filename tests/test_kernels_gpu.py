@@ -77,7 +77,7 @@ def test_window_kernel(case):
     assert torch.equal(out, out2) and torch.equal(lse, lse2)
 
 
-@pytest.mark.parametrize("design", ["split", "fused"])
+@pytest.mark.parametrize("design", ["split", "fused", None], ids=["split", "fused", "timed"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_capture_and_sparse_step(case, design):
     mask, (q, k, v) = make(case, 1)
@@ -218,3 +218,42 @@ def test_warp_specialized_kernel(case):
             assert float((lse - ref_lse_w).abs().max()) < 1e-2, config
             assert rel(step, w[..., None] * ref_w + r.float()) < tol(q.dtype), config
             assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1])), config
+
+
+@pytest.mark.parametrize("case", WS_CASES, ids=[c[0] for c in WS_CASES])
+def test_warp_specialized_capture(case):
+    """The Gluon capture kernel's config, forced through the launcher: out, rho, lse and R for each
+    w0 rule (rho, per head, raw O^S) against the fp32 reference; outputs poisoned; repeat runs
+    bit-identical."""
+    import importlib
+    from kernels import _tuning, sparse_attention_ws
+    capture = importlib.import_module("kernels.capture_attention")
+    mask, (q, k, v) = make(case, 14)
+    if not sparse_attention_ws.supported(q, mask.block_size):
+        pytest.skip("the warp-specialised kernel needs Hopper (sm_90)")
+    counts, indices = mask.block_lists(DEV)
+    b, h, n, _ = q.shape
+    ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
+    rho_ref = torch.exp(ref_lse_w - ref_lse)
+    per_head = torch.rand(h, generator=torch.Generator(device=DEV).manual_seed(15), device=DEV) + 0.5
+    config = next(c for c in _tuning.candidates(q.shape[-1], mask.block_size, dense_loop=True) if c.warp_specialized)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture, "candidates", lambda *a, **kw: [config])
+        mp.setattr(_tuning, "_CACHE", {})
+        for w0, r_ref in ((None, ref - rho_ref[..., None] * ref_w), (per_head, ref - per_head[:, None, None] * ref_w),
+                          ("raw", ref_w)):
+            runs = []
+            for _ in range(2):
+                out = torch.full_like(q, float("nan"))
+                residual = torch.full(q.shape, float("nan"), device=DEV, dtype=q.dtype)
+                rho = torch.full((b, h, n), float("nan"), device=DEV)
+                runs.append(kernels.capture_attention(q, k, v, counts, indices, mask.block_size, w0=w0, out=out,
+                                                      residual=residual, rho=rho, return_lse=True))
+            out, rho, residual, lse, lse_w = runs[0]
+            assert set(_tuning.cached_choices().values()) == {config}
+            assert all(torch.isfinite(t).all() for t in runs[0])
+            assert rel(out, ref) < tol(q.dtype)
+            assert float((rho - rho_ref).abs().max()) < 1e-2
+            assert float((lse - ref_lse).abs().max()) < 1e-2 and float((lse_w - ref_lse_w).abs().max()) < 1e-2
+            assert float((residual.float() - r_ref).norm() / ref.norm()) < tol(q.dtype), w0
+            assert all(torch.equal(x, y) for x, y in zip(runs[0], runs[1]))
