@@ -26,7 +26,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma
 
 from .sparse_attention_ws import (HALF, MAX_REGISTERS, ROWS_PER_CONSUMER, _attend_tile, _descriptor, _item,
-                                  _load_kv, _load_q, _shared_buffers, _take_q, padded_head_dim)
+                                  _load_halves, _load_kv, _shared_buffers, _take_q, mma_layout, padded_head_dim)
 
 
 @gluon.jit
@@ -45,7 +45,7 @@ def _capture_load_partition(q_smem, k_smem, v_smem, q_ready, q_empty, kv_ready, 
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
         qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
-        _load_q(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, n & 1)
+        _load_halves(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, n & 1)
         for t in range(count):
             tile = _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, gl.load(row + t) * MB, tile,
                             STAGES)
@@ -65,8 +65,8 @@ def _capture_consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready,
                                 EVEN_N: gl.constexpr, W0_MODE: gl.constexpr, WRITE_LSE: gl.constexpr,
                                 half: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MB, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = mma_layout(MB)
+    o_layout: gl.constexpr = mma_layout(D)
     q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)

@@ -47,6 +47,12 @@ ROWS_PER_CONSUMER = 64     # query rows per consumer warp group (one wgmma M of 
 HALF = gl.constexpr(ROWS_PER_CONSUMER)
 
 
+@gluon.constexpr_function
+def mma_layout(n):
+    """The wgmma accumulator layout of a HALF x n tile over the 4 warps of a consumer (16 rows each)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
 @gluon.jit
 def _item(item, n_qb, n_bh, H, Order, Counts, Indices, idx_stride, ORDERED: gl.constexpr):
     """(query block, b, h, key-block count, key-block list) of work item ``item``.
@@ -65,13 +71,13 @@ def _item(item, n_qb, n_bh, H, Order, Counts, Indices, idx_stride, ORDERED: gl.c
 
 
 @gluon.jit
-def _load_q(q_desc, q_smem, q_ready, q_empty, b, h, row0, phase):
-    """Loader: q of one work item, a buffer per consumer half."""
+def _load_halves(desc, smem, ready, empty, b, h, row0, phase):
+    """Loader: the work item's q or R tile, a buffer per consumer half, once the consumers have taken
+    the previous item's from it."""
     for half in gl.static_range(2):
-        mbarrier.wait(q_empty.index(half), phase ^ 1)
-        mbarrier.expect(q_ready.index(half), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, h, row0 + half * HALF, 0], q_ready.index(half),
-                                        q_smem.index(half))
+        mbarrier.wait(empty.index(half), phase ^ 1)
+        mbarrier.expect(ready.index(half), desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc, [b, h, row0 + half * HALF, 0], ready.index(half), smem.index(half))
 
 
 @gluon.jit
@@ -86,15 +92,6 @@ def _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, start, ti
 
 
 @gluon.jit
-def _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, row0, phase):
-    for half in gl.static_range(2):
-        mbarrier.wait(r_empty.index(half), phase ^ 1)
-        mbarrier.expect(r_ready.index(half), r_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(r_desc, [b, h, row0 + half * HALF, 0], r_ready.index(half),
-                                        r_smem.index(half))
-
-
-@gluon.jit
 def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, kv_empty, r_ready, r_empty,
                     q_desc, k_desc, v_desc, r_desc, Counts, Indices, Order, H, n_qb, n_items, idx_stride,
                     MB: gl.constexpr, STAGES: gl.constexpr, HAS_RES: gl.constexpr, ORDERED: gl.constexpr):
@@ -103,16 +100,16 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
         qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Order, Counts, Indices, idx_stride, ORDERED)
         phase = n & 1
-        _load_q(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, phase)
+        _load_halves(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, phase)
         for t in range(count):
             tile = _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, gl.load(row + t) * MB, tile,
                             STAGES)
             # R once the first ring's worth of key tiles is on its way: it is needed last, and its
             # buffer frees only when the consumers have read the previous item's R.
             if HAS_RES and t == gl.minimum(count, STAGES) - 1:
-                _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
+                _load_halves(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
         if HAS_RES and count == 0:
-            _load_residual(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
+            _load_halves(r_desc, r_smem, r_ready, r_empty, b, h, qb * MB, phase)
         n += 1
 
 
@@ -164,9 +161,8 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty
                         EVEN_N: gl.constexpr, HAS_RES: gl.constexpr, WRITE_LSE: gl.constexpr, ORDERED: gl.constexpr,
                         half: gl.constexpr):
     dtype: gl.constexpr = o_desc.dtype
-    # wgmma accumulators: 4 warps x 16 rows; S is HALF x MB, O is HALF x D
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MB, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = mma_layout(MB)     # S = q k^T is HALF x MB, O is HALF x D
+    o_layout: gl.constexpr = mma_layout(D)
     q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
