@@ -52,7 +52,8 @@ def split_head_dim(head_dim: int) -> tuple[int, int]:
     return da, db
 
 
-def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list[Config]:
+def candidates(head_dim: int, mask_block: int, dense_loop: bool = False,
+               warp_specialized: bool = False) -> list[Config]:
     """Hopper-leaning candidates, filtered so that BLOCK_M and BLOCK_N divide the mask block.
 
     Measured on the H200, sparse step at band 3.125% and 12.5% (% of cuDNN's FLOP rate on the
@@ -66,10 +67,9 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     - head dims 64-96: BLOCK_N 64 for long rows, 64-row programs with R loaded early for short ones.
     Configs that spill beyond the 168-register cap, 2-stage 4-warp programs at head dim 128 and an
     L2 prefetch of R were slower everywhere.
-    With 128-token mask blocks the warp-specialised Gluon kernels are candidates too (the launchers
-    drop them where they do not apply: not Hopper, the split design's capture epilogue, R of another
-    dtype); on the H200 they win at head dim 128 (Wan 720p band 3.125%: 92% of cuDNN's FLOP rate
-    against 80%)."""
+    ``warp_specialized``: the launcher's Gluon kernel applies (Hopper, 128-token mask blocks, R of q's
+    dtype; not the split design's capture epilogue) and is a candidate too; on the H200 it wins at
+    head dim 128 (Wan 720p band 3.125%: 92% of cuDNN's FLOP rate against 80%)."""
     if INTERPRET:
         b = min(32, mask_block)
         return [Config(b, b, 4, 1)]
@@ -84,7 +84,7 @@ def candidates(head_dim: int, mask_block: int, dense_loop: bool = False) -> list
     out = [c for c in cands if c.block_m <= mask_block and c.block_n <= mask_block]
     if dense_loop:      # the fused capture kernel has none of the sparse kernel's loop variants
         out = list(dict.fromkeys(Config(*c[:4], max_registers=c.max_registers) for c in out))
-    if mask_block == 128:
+    if warp_specialized:
         out.append(Config(128, 128, 4, 2, warp_specialized=True))
     if not out:
         b = mask_block

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ._tiles import descriptor_pair, load_parts, qkv_descriptors, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
-from .sparse_attention import _check_qkv, sparse_attention_ws, w0_argument
+from .sparse_attention import _check_qkv, sparse_attention_ws, w0_argument, warp_specialized
 
 if sparse_attention_ws is not None:     # Gluon imports cleanly: the warp-specialised capture too
     from . import capture_attention_ws
@@ -63,6 +63,7 @@ def _capture_attention_fwd(
     H, N, idx_stride, qk_scale,
     MB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
     EVEN_N: tl.constexpr, W0_MODE: tl.constexpr, WRITE_LSE: tl.constexpr, UPCAST: tl.constexpr,
+    ORDERED: tl.constexpr,
 ):
     SPLIT: tl.constexpr = MB // BM
     SUB: tl.constexpr = MB // BN
@@ -71,7 +72,10 @@ def _capture_attention_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    qb = tl.load(Order + pid_m // SPLIT)
+    if ORDERED:
+        qb = tl.load(Order + pid_m // SPLIT)    # heavy (dense text) query blocks first
+    else:
+        qb = pid_m // SPLIT
     row0 = qb * MB + (pid_m % SPLIT) * BM
     offs_m = row0 + tl.arange(0, BM)
 
@@ -156,8 +160,6 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
     batch, heads, n, head_dim = q.shape
     residual_dtype = residual_dtype or q.dtype
     w0_mode, w0 = w0_argument(w0, heads, q.device)
-    if order is None:
-        order = torch.arange(counts.shape[0], dtype=torch.int32, device=q.device)
     # optional preallocated outputs (tests poison them to catch unwritten elements)
     out = torch.empty_like(q) if out is None else out
     residual = torch.empty(q.shape, dtype=residual_dtype, device=q.device) if residual is None else residual
@@ -183,13 +185,12 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
         _capture_attention_fwd[grid](
             *tensors, *pointers, MB=mask_block, BM=config.block_m, BN=config.block_n, DA=da, DB=db,
             EVEN_N=(n % mask_block == 0), W0_MODE=w0_mode, WRITE_LSE=return_lse, UPCAST=INTERPRET,
-            **config.launch_options())
+            ORDERED=order is not None, **config.launch_options())
 
     key = ("capture", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, w0_mode,
            return_lse, work_hint)
-    warp_specialized = (sparse_attention_ws is not None and not INTERPRET
-                        and sparse_attention_ws.supported(q, mask_block) and residual.dtype == q.dtype)
-    cands = [c for c in candidates(head_dim, mask_block, dense_loop=True) if warp_specialized or not c.warp_specialized]
+    cands = candidates(head_dim, mask_block, dense_loop=True,
+                       warp_specialized=warp_specialized(q, mask_block, residual.dtype))
     config = choose(key, cands, launch)
     launch(config)
     if return_lse:

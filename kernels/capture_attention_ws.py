@@ -67,7 +67,6 @@ def _capture_consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready,
     dtype: gl.constexpr = o_desc.dtype
     s_layout: gl.constexpr = mma_layout(MB)
     o_layout: gl.constexpr = mma_layout(D)
-    q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
@@ -78,7 +77,7 @@ def _capture_consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready,
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
         qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
         row0 = qb * MB + half * HALF
-        q = _take_q(q_smem, q_ready, q_empty, half, n & 1, q_layout, D)
+        q = _take_q(q_smem, q_ready, q_empty, half, n & 1, MB, D)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)

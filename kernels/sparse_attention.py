@@ -40,6 +40,13 @@ except Exception:       # noqa: BLE001 - an older Triton: the Triton kernel alon
 MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 
 
+def warp_specialized(q: torch.Tensor, mask_block: int, residual_dtype: torch.dtype | None) -> bool:
+    """Whether the Gluon kernels can run this call: Gluon imported, and ``sparse_attention_ws.supported``
+    (Hopper, the pack's head dims, 128-token mask blocks), with R (if any) of q's dtype."""
+    return (sparse_attention_ws is not None and sparse_attention_ws.supported(q, mask_block)
+            and residual_dtype in (None, q.dtype))
+
+
 @triton.jit
 def _sparse_attention_fwd(
     q_a, q_b, k_a, k_b, v_a, v_b, o_a, o_b, r_a, r_b, f_a, f_b,
@@ -259,11 +266,8 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
 
     key = ("sparse", device_key(q), q.dtype, head_dim, mask_block, n, batch * heads, mode,
            return_lse, work_hint, order is not None)     # order: rows of unequal work (text)
-    warp_specialized = (sparse_attention_ws is not None and mode != MODE_CAPTURE and not INTERPRET
-                        and sparse_attention_ws.supported(q, mask_block)
-                        and (residual is None or residual.dtype == q.dtype))
-    cands = [c for c in candidates(head_dim, mask_block) if warp_specialized or not c.warp_specialized]
-    config = choose(key, cands, launch)
+    gluon = mode != MODE_CAPTURE and warp_specialized(q, mask_block, None if residual is None else residual.dtype)
+    config = choose(key, candidates(head_dim, mask_block, warp_specialized=gluon), launch)
     launch(config)
     if mode == MODE_CAPTURE:
         return lse

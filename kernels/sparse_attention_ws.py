@@ -114,10 +114,11 @@ def _load_partition(q_smem, k_smem, v_smem, r_smem, q_ready, q_empty, kv_ready, 
 
 
 @gluon.jit
-def _take_q(q_smem, q_ready, q_empty, half: gl.constexpr, phase, layout: gl.constexpr, D: gl.constexpr):
-    """Consumer: q to registers (the A operand of S = q k^T, in ``layout``) and its buffer straight
-    back, so that the loader fetches the next item's q while this item computes."""
+def _take_q(q_smem, q_ready, q_empty, half: gl.constexpr, phase, MB: gl.constexpr, D: gl.constexpr):
+    """Consumer: q to registers (the A operand of S = q k^T, HALF x MB) and its buffer straight back,
+    so that the loader fetches the next item's q while this item computes."""
     mbarrier.wait(q_ready.index(half), phase)
+    layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout(MB), k_width=2)
     q = q_smem.index(half).reshape([HALF, D]).load(layout)
     gl.thread_barrier()     # all four warps have read the buffer before it is handed back
     mbarrier.arrive(q_empty.index(half), count=1)
@@ -163,7 +164,6 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty
     dtype: gl.constexpr = o_desc.dtype
     s_layout: gl.constexpr = mma_layout(MB)     # S = q k^T is HALF x MB, O is HALF x D
     o_layout: gl.constexpr = mma_layout(D)
-    q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
@@ -179,7 +179,7 @@ def _consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty
         if HAS_RES:     # w now: its memory latency hides behind the key loop
             rows = row0 + gl.arange(0, HALF, o_rows)
             w = gl.load(W + b.to(gl.int64) * s_wb + h * s_wh + rows * s_wn, mask=rows < N, other=0.0)
-        q = _take_q(q_smem, q_ready, q_empty, half, phase, q_layout, D)
+        q = _take_q(q_smem, q_ready, q_empty, half, phase, MB, D)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)

@@ -166,9 +166,8 @@ def test_every_candidate_config(case, monkeypatch):
     r = (torch.randn(q.shape, generator=g, device=DEV) * 0.1).to(q.dtype)
     _, _, ref_w, _ = reference(q, k, v, mask)
     expect = w[..., None] * ref_w + r.float()
-    for config in _tuning.candidates(q.shape[-1], mask.block_size):
-        if config.warp_specialized and not sparse_attention_ws.supported(q, mask.block_size):
-            continue        # the launcher leaves it out off Hopper (test_warp_specialized_kernel)
+    gluon = sparse_attention_ws.supported(q, mask.block_size)     # the launcher's candidates, off Hopper too
+    for config in _tuning.candidates(q.shape[-1], mask.block_size, warp_specialized=gluon):
         monkeypatch.setattr(sparse, "candidates", lambda *a, **kw: [config])
         monkeypatch.setattr(_tuning, "_CACHE", {})
         out = torch.full_like(q, float("nan"))
@@ -197,7 +196,8 @@ def test_warp_specialized_kernel(case):
     w = torch.rand(q.shape[:3], generator=g, device=DEV) + 0.5
     r = (torch.randn(q.shape, generator=g, device=DEV) * 0.1).to(q.dtype)
     _, _, ref_w, ref_lse_w = reference(q, k, v, mask)
-    configs = [c for c in _tuning.candidates(q.shape[-1], mask.block_size) if c.warp_specialized]
+    configs = [c for c in _tuning.candidates(q.shape[-1], mask.block_size, warp_specialized=True)
+               if c.warp_specialized]
     assert configs
     with pytest.MonkeyPatch.context() as mp:
         for config in configs:
@@ -236,7 +236,8 @@ def test_warp_specialized_capture(case):
     ref, ref_lse, ref_w, ref_lse_w = reference(q, k, v, mask)
     rho_ref = torch.exp(ref_lse_w - ref_lse)
     per_head = torch.rand(h, generator=torch.Generator(device=DEV).manual_seed(15), device=DEV) + 0.5
-    config = next(c for c in _tuning.candidates(q.shape[-1], mask.block_size, dense_loop=True) if c.warp_specialized)
+    config = next(c for c in _tuning.candidates(q.shape[-1], mask.block_size, dense_loop=True, warp_specialized=True)
+                  if c.warp_specialized)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(capture, "candidates", lambda *a, **kw: [config])
         mp.setattr(_tuning, "_CACHE", {})
