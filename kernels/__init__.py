@@ -6,13 +6,14 @@
   configurations (plain and sparse-step epilogues).
 - :func:`capture_attention`: the capture step in one kernel (dense + window accumulators); on
   Hopper also a warp-specialised Gluon kernel (``capture_attention_ws.py``) that walks the window's
-  key tiles first.
-- :func:`stream_floor`: the benchmark's memory floor (a pass over the sparse step's traffic).
+  key tiles first. The two Gluon kernels share their pieces (``_ws_parts.py``).
+- :func:`choose`, :func:`cached_choices`: the launchers' tuning cache (``_tuning.py``), which times
+  candidates with :func:`graph_timer` (CUDA-graph replays timed by CUDA events; the benchmark's
+  timer too).
 """
-from ._tuning import cached_choices, choose, graph_replay, split_head_dim
+from ._tuning import cached_choices, choose, graph_timer, split_head_dim
 from .capture_attention import capture_attention
 from .sparse_attention import sparse_attention, work_hint
-from .stream_floor import stream_floor
 
 __all__ = ["sparse_attention", "capture_attention", "work_hint", "split_head_dim", "cached_choices", "choose",
-           "graph_replay", "stream_floor"]
+           "graph_timer"]

@@ -1,4 +1,4 @@
-"""Shared by the attention kernels (no kernel here): tensor descriptors and one online-softmax step.
+"""Shared by the attention kernels (no kernel here): tensor descriptors, one online-softmax step, LOG2E.
 
 Notation (per query row i, keys j of one tile):
     s_ij  = (q_i . k_j) * scale * log2(e)          logits in base-2 units, so exp2 replaces exp
@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+LOG2E = 1.4426950408889634     # qk_scale = D^-0.5 * log2(e), so that exp2 replaces exp
 
 
 def tma_ready(t: torch.Tensor) -> bool:

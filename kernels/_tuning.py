@@ -25,9 +25,9 @@ class Config(NamedTuple):
     gather_q: bool = False     # sparse kernel: q by pointer loads (async) instead of a descriptor
     max_registers: int = 0     # per-thread register cap (0: the compiler's); 168 fits three 4-warp
                                # programs on an SM, so one's prologue and epilogue overlap the others' loops
-    warp_specialized: bool = False  # the Gluon kernel (sparse_attention_ws.py; Hopper, 128-token mask
-                               # blocks, plain and sparse-step epilogues): block_m 128 = two 64-row
-                               # consumer warp groups, num_stages key/value tiles in flight
+    warp_specialized: bool = False  # the launcher's Gluon kernel (sparse_attention_ws.py or
+                               # capture_attention_ws.py; Hopper, 128-token mask blocks): block_m 128 =
+                               # two 64-row consumer warp groups, num_stages key/value tiles in flight
 
     def launch_options(self) -> dict:
         options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
@@ -145,28 +145,40 @@ def graph_replay(fn: Callable[[], object]) -> Callable[[], object]:
         return fn
 
 
-def _timer(fn) -> tuple[float, Callable[[], float]]:
-    """Warm ``fn`` up (compile) and return (ms of one run, a function that times one sample in ms):
-    a sample repeats the graph replay of ``fn`` to fill at least half a millisecond."""
+def graph_timer(fn: Callable[[], object]) -> Callable[..., list[float]]:
+    """Warm ``fn`` up (compile, tune, build caches), capture it in a CUDA graph (``graph_replay``) and
+    return ``time_ms(repeats=1, samples=1, before=None)``: ``samples`` samples, each ``before()`` untimed
+    (e.g. an L2 flush), then ``repeats`` replays timed by CUDA events as one; the ms per replay of each
+    sample, after one wait for the GPU at the end."""
     fn()
     torch.cuda.synchronize()
     run = graph_replay(fn)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
-    def sample(repeats: int) -> float:
-        start.record()
-        for _ in range(repeats):
-            run()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / repeats
+    def time_ms(repeats: int = 1, samples: int = 1, before: Callable[[], object] | None = None) -> list[float]:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(samples)]
+        for start, end in events:
+            if before is not None:
+                before()
+            start.record()
+            for _ in range(repeats):
+                run()
+            end.record()
+        events[-1][1].synchronize()
+        return [start.elapsed_time(end) / repeats for start, end in events]
+    return time_ms
 
-    first = max(sample(1), 1e-3)
+
+def _timer(fn) -> tuple[float, Callable[[], float]]:
+    """(ms of one run of ``fn``, a function that times one sample in ms; see graph_timer): a sample
+    repeats the graph replay of ``fn`` to fill at least half a millisecond."""
+    time_ms = graph_timer(fn)
+    first = max(time_ms()[0], 1e-3)
     repeats = max(1, min(50, int(0.5 / first)))
-    return first, lambda: sample(repeats)
+    return first, lambda: time_ms(repeats)[0]
 
 
-def cached_choices() -> dict[tuple, Config]:
+def cached_choices() -> dict[tuple, object]:
     return dict(_CACHE)
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import descriptor_pair, load_parts, qkv_descriptors, store_rows, tile_logits
+from ._tiles import LOG2E, descriptor_pair, load_parts, qkv_descriptors, store_rows, tile_logits
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 from .sparse_attention import _check_qkv, sparse_attention_ws, w0_argument, warp_specialized
 
@@ -171,7 +171,7 @@ def capture_attention(q, k, v, counts, indices, mask_block, *, residual_dtype=No
     lse_s = torch.empty_like(rho) if return_lse else None
     da, db = split_head_dim(head_dim)
     pointers = (counts, indices, order, rho, w0, lse, lse_s,
-                heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
+                heads, n, indices.stride(0), head_dim ** -0.5 * LOG2E)
 
     def launch(config: Config):
         if config.warp_specialized:

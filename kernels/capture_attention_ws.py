@@ -1,6 +1,7 @@
 """Capture step in one pass, warp-specialised for Hopper (Gluon): dense attention, rho and R.
 
-The partitions, buffers and key-tile step are the sparse kernel's (``sparse_attention_ws.py``); what
+The partitions are laid out as the sparse kernel's (``sparse_attention_ws.py``) and built from the
+same pieces (``_ws_parts.py``: work items, loader steps, q hand-off, key-tile step, buffers); what
 differs is the order in which a work item walks its key tiles, and the epilogue. Each query tile
 walks *every* key block, its window blocks first:
 
@@ -25,8 +26,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma
 
-from .sparse_attention_ws import (HALF, MAX_REGISTERS, ROWS_PER_CONSUMER, _attend_tile, _descriptor, _item,
-                                  _load_halves, _load_kv, _shared_buffers, _take_q, mma_layout, padded_head_dim)
+from ._tiles import LOG2E
+from ._ws_parts import (HALF, MAX_REGISTERS, ROWS_PER_CONSUMER, attend_tile, descriptor, load_halves, load_kv,
+                        mma_layout, padded_head_dim, shared_buffers, take_q, work_item)
 
 
 @gluon.jit
@@ -44,17 +46,17 @@ def _capture_load_partition(q_smem, k_smem, v_smem, q_ready, q_empty, kv_ready, 
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
-        _load_halves(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, n & 1)
+        qb, b, h, count, row = work_item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
+        load_halves(q_desc, q_smem, q_ready, q_empty, b, h, qb * MB, n & 1)
         for t in range(count):
-            tile = _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, gl.load(row + t) * MB, tile,
-                            STAGES)
+            tile = load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, gl.load(row + t) * MB, tile,
+                           STAGES)
         ptr = 0
         nxt = gl.load(row)
         for j in range(n_qb):
             in_window, ptr, nxt = _next_in_window(j, ptr, nxt, row, count)
             if not in_window:
-                tile = _load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, j * MB, tile, STAGES)
+                tile = load_kv(k_desc, v_desc, k_smem, v_smem, kv_ready, kv_empty, b, h, j * MB, tile, STAGES)
         n += 1
 
 
@@ -75,15 +77,15 @@ def _capture_consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready,
     tile = 0
     n = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        qb, b, h, count, row = _item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
+        qb, b, h, count, row = work_item(item, n_qb, n_items // n_qb, H, Counts, Counts, Indices, idx_stride, False)
         row0 = qb * MB + half * HALF
-        q = _take_q(q_smem, q_ready, q_empty, half, n & 1, MB, D)
+        q = take_q(q_smem, q_ready, q_empty, half, n & 1, MB, D)
         m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
         l_i = gl.zeros([HALF], gl.float32, s_rows)
         acc = gl.zeros([HALF, D], gl.float32, o_layout)
         for t in range(count):
-            m_i, l_i, acc = _attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, gl.load(row + t) * MB, m_i, l_i,
-                                         acc, N, qk_scale, s_layout, o_layout, MB, D, STAGES, EVEN_N)
+            m_i, l_i, acc = attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, gl.load(row + t) * MB, m_i, l_i,
+                                        acc, N, qk_scale, s_layout, o_layout, MB, D, STAGES, EVEN_N)
             tile += 1
         # the window's softmax ends here: O^S to the out buffer, its running max and sum kept. Of the
         # previous item's two stores (out, then R) only the first must have left by now.
@@ -96,8 +98,8 @@ def _capture_consumer_partition(q_smem, k_smem, v_smem, r_smem, o_smem, q_ready,
         for j in range(n_qb):
             in_window, ptr, nxt = _next_in_window(j, ptr, nxt, row, count)
             if not in_window:
-                m_i, l_i, acc = _attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, j * MB, m_i, l_i, acc, N,
-                                             qk_scale, s_layout, o_layout, MB, D, STAGES, EVEN_N)
+                m_i, l_i, acc = attend_tile(q, k_smem, v_smem, kv_ready, kv_empty, tile, j * MB, m_i, l_i, acc, N,
+                                            qk_scale, s_layout, o_layout, MB, D, STAGES, EVEN_N)
                 tile += 1
 
         # ---- epilogue: O, rho, R ---------------------------------------------------------------------
@@ -136,7 +138,7 @@ def _capture_attention_ws(q_desc, k_desc, v_desc, o_desc, r_desc, Counts, Indice
                           STAGES: gl.constexpr, EVEN_N: gl.constexpr, W0_MODE: gl.constexpr,
                           WRITE_LSE: gl.constexpr):
     q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, _, _, kv_ready, kv_empty = \
-        _shared_buffers(q_desc, k_desc, v_desc, o_desc, r_desc, STAGES)
+        shared_buffers(q_desc, k_desc, v_desc, o_desc, r_desc, STAGES)
     gl.warp_specialize([
         (_capture_consumer_partition, (q_smem, k_smem, v_smem, r_smem, o_smem, q_ready, q_empty, kv_ready, kv_empty,
                                        o_desc, r_desc, Counts, Indices, Rho, W0, Lse, LseS, H, N, n_qb, n_items,
@@ -160,8 +162,8 @@ def launch(q, k, v, out, residual, rho, counts, indices, mask_block, *, w0_mode=
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
     rows = ROWS_PER_CONSUMER
     _capture_attention_ws[(min(sms, n_items), )](
-        _descriptor(q, rows), _descriptor(k, mask_block), _descriptor(v, mask_block), _descriptor(out, rows, True),
-        _descriptor(residual, rows, True), counts, indices, rho, w0, lse, lse_window,
-        heads, n, n_qb, n_items, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634,
+        descriptor(q, rows), descriptor(k, mask_block), descriptor(v, mask_block), descriptor(out, rows, True),
+        descriptor(residual, rows, True), counts, indices, rho, w0, lse, lse_window,
+        heads, n, n_qb, n_items, indices.stride(0), head_dim ** -0.5 * LOG2E,
         MB=mask_block, D=padded_head_dim(head_dim), STAGES=stages, EVEN_N=(n % mask_block == 0), W0_MODE=w0_mode,
         WRITE_LSE=lse is not None, num_warps=4, maxnreg=MAX_REGISTERS)

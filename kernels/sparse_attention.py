@@ -15,10 +15,11 @@ Epilogues (MODE):
                  W0_MODE 2 stores O^S_i in R for the caller to finish with any other rule.
 
 Every (B, H, N, D) tensor is read and written through a 4-D tensor descriptor (TMA on Hopper and
-newer, plain loads elsewhere), so (B, H, N, D) tensors and transposed (B, N, H, D) views work
-alike, rows past N read as zero and are never written, and coordinates never overflow. Only the
-last key block of the sequence can be ragged; lists being ascending it can only be a row's last
-entry, so only that entry's tiles mask keys.
+newer, plain loads elsewhere; two tuning variants read q or R by masked pointer loads instead,
+``Config.gather_q`` and ``early_residual``), so (B, H, N, D) tensors and transposed (B, N, H, D)
+views work alike, rows past N read as zero and are never written, and coordinates never overflow.
+Only the last key block of the sequence can be ragged; lists being ascending it can only be a row's
+last entry, so only that entry's tiles mask keys.
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import (absorb_tile, descriptor_pair, gather_parts, load_parts, load_rows, online_step,
+from ._tiles import (LOG2E, absorb_tile, descriptor_pair, gather_parts, load_parts, load_rows, online_step,
                      qkv_descriptors, store_rows, tile_logits)
 from ._tuning import INTERPRET, Config, candidates, choose, device_key, split_head_dim
 
-try:                    # Gluon (triton >= 3.5): the warp-specialised Hopper kernel
+try:                    # Gluon (triton >= 3.5): the warp-specialised Hopper kernels
     from . import sparse_attention_ws
 except Exception:       # noqa: BLE001 - an older Triton: the Triton kernel alone
     sparse_attention_ws = None
@@ -42,7 +43,7 @@ MODE_PLAIN, MODE_SPARSE, MODE_CAPTURE = 0, 1, 2
 
 def warp_specialized(q: torch.Tensor, mask_block: int, residual_dtype: torch.dtype | None) -> bool:
     """Whether the Gluon kernels can run this call: Gluon imported, and ``sparse_attention_ws.supported``
-    (Hopper, the pack's head dims, 128-token mask blocks), with R (if any) of q's dtype."""
+    (Hopper, the head dims they are built for, 128-token mask blocks), with R (if any) of q's dtype."""
     return (sparse_attention_ws is not None and sparse_attention_ws.supported(q, mask_block)
             and residual_dtype in (None, q.dtype))
 
@@ -208,7 +209,8 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
       None (w0 = rho), an (H,) fp32 tensor (per-head weight) or ``"raw"`` (R <- O^S); returns lse^S
       if asked, else None.
     ``order``: int32 permutation of query blocks (launch order), or None for ascending.
-    (B, H, N, D) tensors need 16-byte aligned rows (see ``descriptors``); others are copied first.
+    (B, H, N, D) inputs without 16-byte aligned rows are copied first, outputs must have them (see
+    ``_tiles.tma_view``).
     """
     _check_qkv(q, k, v, counts, indices, mask_block)
     batch, heads, n, head_dim = q.shape
@@ -244,7 +246,7 @@ def sparse_attention(q, k, v, counts, indices, mask_block, *, order=None, weight
                 *q.stride(), *(weight.stride() if weight is not None else (0, 0, 0)),
                 *(residual.stride() if residual is not None else (0, 0, 0, 0)),
                 *(lse_full.stride() if lse_full is not None else (0, 0, 0)),
-                heads, n, indices.stride(0), head_dim ** -0.5 * 1.4426950408889634)
+                heads, n, indices.stride(0), head_dim ** -0.5 * LOG2E)
 
     def launch(config: Config):
         if config.warp_specialized:

@@ -1,4 +1,6 @@
-"""The Re-ttention nodes (V3 schema): Patch Model, Sparsity Schedule, Calibrate Stats, Load Stats."""
+"""The Re-ttention nodes (V3 schema): Patch Model, Sparsity Schedule, Calibrate Stats, Load Stats.
+
+Node inputs are checked here, at queue time, and a bad one raises a ValueError naming the input."""
 from __future__ import annotations
 
 import logging
@@ -9,37 +11,21 @@ from comfy_api.latest import io
 
 from .. import rettention
 from ..rettention import MASK_KINDS, CalibratedWeight, Schedule, weight_rule
-from ..rettention.calibration import RULES, CalibrationData, StatsFileError, load_stats_file
-from . import adapter
+from ..rettention.calibration import CalibrationData
+from ..rettention.weights import WEIGHT_RULES
+from .config import RESIDUAL_DTYPES, PatchConfig
 from .families import family_of
+from .model_folders import NONE, load_stats, stats_files, stats_folder
+from .module_forwards import module_paths
+from .override import existing_override
+from .wrappers import install
 
 log = logging.getLogger("rettention")
 
 Schedule_ = io.Custom("RETTENTION_SCHEDULE")
 Stats_ = io.Custom("RETTENTION_STATS")
 MASK_CHOICES = ["auto", *MASK_KINDS]
-WEIGHT_CHOICES = list(RULES)
-NONE = "none"
-
-
-def _stats_files() -> list[str]:
-    import folder_paths
-
-    adapter.stats_folder()
-    return [NONE, *sorted(folder_paths.get_filename_list("rettention"))]
-
-
-def _load_stats(name: str, input_name: str) -> CalibrationData:
-    import folder_paths
-
-    adapter.stats_folder()
-    path = folder_paths.get_full_path("rettention", name)
-    if path is None:
-        raise ValueError(f"{input_name}: stats file {name!r} not found in models/rettention")
-    try:
-        return load_stats_file(path)
-    except StatsFileError as error:
-        raise ValueError(f"{input_name}: {error}") from None
+WEIGHT_CHOICES = list(WEIGHT_RULES)
 
 
 def _check_unit(name: str, value: float, low: float = 0.0, high: float = 1.0, open_low: bool = False) -> float:
@@ -127,7 +113,7 @@ class LoadStats(io.ComfyNode):
             display_name="Re-ttention Load Stats",
             category="model_patches/rettention",
             description="Load a stats file written by Re-ttention Calibrate Stats (models/rettention).",
-            inputs=[io.Combo.Input("stats_file", options=_stats_files(),
+            inputs=[io.Combo.Input("stats_file", options=stats_files(),
                                    tooltip="A file in models/rettention written by Calibrate Stats.")],
             outputs=[Stats_.Output(display_name="stats", tooltip="Connect to Re-ttention Patch Model.")],
         )
@@ -136,7 +122,7 @@ class LoadStats(io.ComfyNode):
     def execute(cls, stats_file) -> io.NodeOutput:
         if stats_file == NONE:
             raise ValueError("stats_file: choose a file (none are in models/rettention yet?)")
-        return io.NodeOutput(_load_stats(stats_file, "stats_file"))
+        return io.NodeOutput(load_stats(stats_file, "stats_file"))
 
 
 class PatchModel(io.ComfyNode):
@@ -157,12 +143,12 @@ class PatchModel(io.ComfyNode):
                 io.Combo.Input("mask", options=MASK_CHOICES, default="auto",
                                tooltip="Which keys a query sees: auto = local3d for video, a 2-D neighbourhood "
                                        "(or the paper's band for PixArt / Hunyuan-DiT) for images."),
-                io.Combo.Input("residual_dtype", options=list(adapter.RESIDUAL_DTYPES), default="auto",
+                io.Combo.Input("residual_dtype", options=list(RESIDUAL_DTYPES), default="auto",
                                tooltip="Storage dtype of the cached residual R (auto: the model's attention dtype). "
                                        "float32 doubles the memory held between capture steps."),
                 io.Boolean.Input("dense_first_last", default=False,
                                  tooltip="Keep the first and last attention layers dense."),
-                io.Combo.Input("stats_file", options=_stats_files(), default=NONE,
+                io.Combo.Input("stats_file", options=stats_files(), default=NONE,
                                tooltip="Optional stats file from Calibrate Stats: gives the calibrated weight rule "
                                        "and keeps dense the layers whose recorded error is above error_threshold."),
                 io.Float.Input("error_threshold", default=0.05, min=0.0, max=10.0, step=0.005,
@@ -183,8 +169,8 @@ class PatchModel(io.ComfyNode):
         density = _check_unit("density", density, open_low=True)
         if mask not in MASK_CHOICES:
             raise ValueError(f"mask must be one of {MASK_CHOICES}, got {mask!r}")
-        if residual_dtype not in adapter.RESIDUAL_DTYPES:
-            raise ValueError(f"residual_dtype must be one of {list(adapter.RESIDUAL_DTYPES)}, got {residual_dtype!r}")
+        if residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(f"residual_dtype must be one of {list(RESIDUAL_DTYPES)}, got {residual_dtype!r}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ValueError("schedule: expected a RETTENTION_SCHEDULE from Re-ttention Sparsity Schedule")
         threshold = float(error_threshold)
@@ -193,7 +179,7 @@ class PatchModel(io.ComfyNode):
         if stats is not None and not isinstance(stats, CalibrationData):
             raise ValueError("stats: expected a RETTENTION_STATS from Re-ttention Load Stats")
         if stats is None and stats_file and stats_file != NONE:
-            stats = _load_stats(stats_file, "stats_file")
+            stats = load_stats(stats_file, "stats_file")
 
         family = family_of(model.model)
         if family is None:
@@ -214,12 +200,12 @@ class PatchModel(io.ComfyNode):
                      len(dense_layers), stats.layers, threshold)
 
         patched = model.clone()
-        paths = adapter.module_paths(patched.model, family.module_kind) if family.route == "modules" else ()
-        config = adapter.PatchConfig(
+        paths = module_paths(patched.model, family.module_kind) if family.route == "modules" else ()
+        config = PatchConfig(
             family=family, density=density, mask_kind=mask, schedule=schedule, residual_dtype=residual_dtype,
             dense_ends=bool(dense_first_last), calibration=stats, dense_layers=dense_layers,
-            chained_override=adapter.existing_override(patched), module_paths=paths)
-        adapter.install(patched, config)
+            chained_override=existing_override(patched), module_paths=paths)
+        install(patched, config)
         return io.NodeOutput(patched)
 
 
@@ -261,14 +247,14 @@ class CalibrateStats(io.ComfyNode):
         if family is None:
             raise ValueError(f"model: {type(model.model).__name__} is not a model family Re-ttention supports")
         patched = model.clone()
-        paths = adapter.module_paths(patched.model, family.module_kind) if family.route == "modules" else ()
+        paths = module_paths(patched.model, family.module_kind) if family.route == "modules" else ()
         metadata = (("family", family.name), ("mask", mask), ("density", repr(density)),
                     ("ramp", repr(float(ramp))), ("pack_version", rettention.__version__))
-        config = adapter.PatchConfig(
-            family=family, density=density, mask_kind=mask, chained_override=adapter.existing_override(patched),
-            module_paths=paths, calibrate_path=os.path.join(adapter.stats_folder(), name + ".safetensors"),
+        config = PatchConfig(
+            family=family, density=density, mask_kind=mask, chained_override=existing_override(patched),
+            module_paths=paths, calibrate_path=os.path.join(stats_folder(), name + ".safetensors"),
             calibrate_ramp=_check_unit("ramp", ramp), calibrate_metadata=metadata)
-        adapter.install(patched, config)
+        install(patched, config)
         return io.NodeOutput(patched)
 
 

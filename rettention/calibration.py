@@ -12,7 +12,6 @@ window output is ``O_S = (O − R) / ρ``. To bound memory only a fixed subset o
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from .stats import AttentionStats
+from .weights import WEIGHT_RULES, CalibratedWeight, RhoRampWeight, RhoWeight, UnitWeight
 
 FORMAT = "rettention-stats"
 FORMAT_VERSION = "1"
-RULES = ("rho", "rho_ramp", "one", "calibrated")
+RULES = tuple(WEIGHT_RULES)           # the error columns of a stats file, in this order
 _REQUIRED = ("rho", "w_fit", "w_sigma", "sigmas", "error", "error_steps")
 
 
@@ -55,7 +55,7 @@ class _LayerSums:
     s_ow: np.ndarray = None     # Σ ΔO·ΔS
     s_ww: np.ndarray = None     # Σ |ΔS|²
     s_norm: np.ndarray = None   # Σ |O|²
-    s_err: np.ndarray = None    # (3, head, step): Σ |pred − O|² for rho, rho_ramp, one
+    s_err: np.ndarray = None    # (3, head, step): Σ |pred − O|² for the fixed rules rho, rho_ramp, one
 
     def __post_init__(self):
         shape = (self.heads, self.steps)
@@ -72,6 +72,7 @@ class CalibrationRecorder:
         self.sigmas = [float(s) for s in sigmas]
         self.steps = max(1, len(self.sigmas) - 1)
         self.ramp = float(ramp)
+        self.fixed_rules = (RhoWeight(), RhoRampWeight(self.ramp), UnitWeight())    # RULES[:3]
         self.max_rows = int(max_rows)
         self._prev: dict = {}
         self._layers: dict[int, _LayerSums] = {}
@@ -106,9 +107,8 @@ class CalibrationRecorder:
             sums.s_ww[:, step] += per_head(d_w * d_w)
             sums.s_norm[:, step] += per_head(o * o)
             k = step - prev.step
-            for i, w in enumerate((prev.rho, (prev.rho + self.ramp * k).clamp(max=1.0),
-                                   torch.ones_like(prev.rho))):
-                pred = prev.out + w[..., None] * d_w
+            for i, rule in enumerate(self.fixed_rules):
+                pred = prev.out + rule.weight(prev.rho, k)[..., None] * d_w
                 sums.s_err[i, :, step] += per_head((pred - o) ** 2)
         self._prev[key] = _Previous(step, o, window, rho)
 
@@ -192,6 +192,13 @@ class CalibrationData:
         return np.array([np.interp(sigma, xs, self.w_sigma[layer, h][order]) for h in range(self.heads)],
                         dtype=np.float32)
 
+    def weight_rule_at(self, layer: int, sigma: float, heads: int) -> CalibratedWeight | None:
+        """The calibrated rule of ``layer`` at ``sigma`` (w per head), or None when the file has no
+        such layer or was recorded with another head count."""
+        if not 0 <= layer < self.layers or self.heads != heads:
+            return None
+        return CalibratedWeight(torch.from_numpy(self.weight_at(layer, sigma).copy()))
+
     def dense_layers(self, threshold: float, rule: str = "calibrated") -> frozenset[int]:
         """Layers whose recorded error with ``rule`` is above ``threshold``."""
         column = RULES.index(rule)
@@ -257,6 +264,3 @@ def load_stats_file(path: str) -> CalibrationData:
     metadata = {k: v for k, v in meta.items() if k not in ("format", "format_version", "rules", "sigmas")}
     return CalibrationData(metadata=metadata, **{k: tensors[k].astype(np.float32) for k in _REQUIRED})
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

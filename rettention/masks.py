@@ -259,11 +259,6 @@ class SparseMask:
         return self._lists.computed_pairs / float(self.n_tokens) ** 2
 
     @property
-    def block_density(self) -> float:
-        """Fraction of (query block, key block) pairs visited."""
-        return float(self._lists.counts.sum()) / float(self.query_blocks * self.key_blocks)
-
-    @property
     def covers_all_keys(self) -> bool:
         """True when every query block visits every key block (the sparse step is dense)."""
         return bool((self._lists.counts == self.key_blocks).all())

@@ -29,31 +29,72 @@ class AttentionStats:
         return (self.mask == mask and tuple(self.residual.shape) == tuple(q.shape)
                 and self.residual.device == q.device)
 
+    def batch_rows(self, rows: slice) -> "AttentionStats":
+        """The stats of the batch rows ``rows`` (views, no copy)."""
+        return AttentionStats(rho=self.rho[rows], residual=self.residual[rows], mask=self.mask, weight=self.weight)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    chunks: tuple            # the CFG chunks of the captured batch, in batch order, equal rows each
+    stats: AttentionStats
+
+    def rows_of(self, chunk) -> slice:
+        size = self.stats.rho.shape[0] // len(self.chunks)
+        i = self.chunks.index(chunk)
+        return slice(i * size, (i + 1) * size)
+
 
 class StatsStore:
-    """The stats of one sampling run, keyed by (layer, CFG chunk). A lookup whose mask or shape no
-    longer matches is a miss. ``close()`` frees everything; the store is also a context manager."""
+    """The stats of one sampling run: per layer, each captured batch with the CFG chunks (cond /
+    uncond) its rows belong to. A lookup names the chunks of the batch in hand and gets the stored
+    batch itself when it was captured with the same chunks (the usual case: no copy, one kernel call
+    for the whole batch), else those chunks' rows gathered from the batches that hold them (ComfyUI
+    split cond and uncond differently at the two steps). A lookup whose mask or shape no longer
+    matches is a miss. ``close()`` frees everything; the store is also a context manager."""
 
     def __init__(self) -> None:
-        self._stats: dict[tuple[Hashable, Hashable], AttentionStats] = {}
+        self._layers: dict[Hashable, list[_Entry]] = {}
         self.nbytes = 0
         self.peak_nbytes = 0
 
-    def put(self, layer: Hashable, chunk: Hashable, stats: AttentionStats) -> None:
-        old = self._stats.pop((layer, chunk), None)
-        self.nbytes += stats.nbytes - (old.nbytes if old is not None else 0)
-        self._stats[(layer, chunk)] = stats
+    def put(self, layer: Hashable, chunks: tuple, stats: AttentionStats) -> None:
+        """Store ``stats`` of a batch made of ``chunks``; it replaces what held any of them."""
+        chunks = tuple(chunks)
+        kept = []
+        for entry in self._layers.get(layer, []):
+            if set(entry.chunks) & set(chunks):
+                self.nbytes -= entry.stats.nbytes
+            else:
+                kept.append(entry)
+        kept.append(_Entry(chunks, stats))
+        self._layers[layer] = kept
+        self.nbytes += stats.nbytes
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
 
-    def get(self, layer: Hashable, chunk: Hashable, q: torch.Tensor, mask: SparseMask) -> AttentionStats | None:
-        stats = self._stats.get((layer, chunk))
-        return stats if stats is not None and stats.matches(q, mask) else None
+    def get(self, layer: Hashable, chunks: tuple, q: torch.Tensor, mask: SparseMask) -> AttentionStats | None:
+        chunks = tuple(chunks)
+        entries = self._layers.get(layer, [])
+        stats = next((entry.stats for entry in entries if entry.chunks == chunks), None)
+        if stats is None:
+            parts = []
+            for chunk in chunks:
+                entry = next((entry for entry in entries if chunk in entry.chunks), None)
+                if entry is None:
+                    return None
+                parts.append(entry.stats.batch_rows(entry.rows_of(chunk)))
+            if not parts or any(part.mask != parts[0].mask or part.weight != parts[0].weight for part in parts):
+                return None
+            stats = parts[0] if len(parts) == 1 else AttentionStats(
+                rho=torch.cat([p.rho for p in parts]), residual=torch.cat([p.residual for p in parts]),
+                mask=parts[0].mask, weight=parts[0].weight)
+        return stats if stats.matches(q, mask) else None
 
     def __len__(self) -> int:
-        return len(self._stats)
+        return sum(len(entries) for entries in self._layers.values())
 
     def close(self) -> None:
-        self._stats.clear()
+        self._layers.clear()
         self.nbytes = 0
 
     def __enter__(self) -> "StatsStore":

@@ -18,7 +18,6 @@ hint are built once and cached; a call makes no host sync and no N x N buffer.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections import OrderedDict
 
@@ -29,8 +28,12 @@ from .masks import SparseMask
 from .stats import AttentionStats
 from .weights import CalibratedWeight, RhoRampWeight, RhoWeight, UnitWeight, WeightRule
 
-_package = (__package__ or "").rpartition(".")[0]
-kernels = importlib.import_module(f"{_package}.kernels" if _package else "kernels")
+# The kernels sit beside the core. Inside ComfyUI the repository is one package (<pack>.rettention
+# next to <pack>.kernels); run from the repository root (tests, benchmarks) both are top-level.
+if __package__ == "rettention":
+    import kernels
+else:
+    from .. import kernels
 
 CAPTURE_DESIGNS = ("split", "fused")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -195,10 +198,3 @@ def sparse_with_stats(q, k, v, stats: AttentionStats, steps_since_capture: int):
                                         order=plan.order, weight=w, residual=residual,
                                         work_hint=plan.work_hint)
 
-
-def sparse_window(q, k, v, mask: SparseMask, return_lse: bool = False):
-    """O_window alone (no reshape), e.g. for benchmarks and calibration."""
-    plan = _plan(mask, q.device)
-    with _on(q.device):
-        return kernels.sparse_attention(q, k, v, plan.counts, plan.indices, mask.block_size,
-                                        order=plan.order, return_lse=return_lse, work_hint=plan.work_hint)

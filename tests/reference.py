@@ -1,4 +1,4 @@
-"""Independent references for the core tests: naive token masks and fp64 attention.
+"""Independent references for the tests: naive token masks and textbook attention (fp64 on the CPU).
 
 Written from DESIGN.md's definitions, not from rettention's code: the window rules below are
 re-derived here (centred, shifted to stay inside the grid), and attention is the textbook formula.
@@ -67,14 +67,32 @@ def key_set(mask):
     return visited[blocks][:, blocks]
 
 
-def attention64(q, k, v, keys=None):
-    """fp64 softmax attention; ``keys`` (N, N) bool restricts each row's keys. Returns (out, lse)."""
-    q, k, v = (t.double() for t in (q, k, v))
+def attention(q, k, v, keys=None, dtype=torch.float64):
+    """Textbook softmax attention in ``dtype`` (fp64 on the CPU, fp32 on a GPU), on q's device;
+    ``keys`` (rows, N) bool restricts each row's keys. Returns (out, natural-log lse)."""
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
     if keys is not None:
-        logits = logits.masked_fill(~torch.as_tensor(keys), float("-inf"))
+        logits = logits.masked_fill(~torch.as_tensor(keys, device=q.device), float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     return torch.exp(logits - lse[..., None]) @ v, lse
+
+
+def dense_and_window(q, k, v, mask, dtype=torch.float64):
+    """(O, lse, O^S, lse^S) of :func:`attention`, one query block at a time (no N x N buffer): all
+    keys, and the keys of the key blocks the mask lists for that block (read one block at a time)."""
+    b, h, n, d = q.shape
+    out, out_w = (torch.empty(b, h, n, d, dtype=dtype, device=q.device) for _ in range(2))
+    lse, lse_w = (torch.empty(b, h, n, dtype=dtype, device=q.device) for _ in range(2))
+    bs = mask.block_size
+    for qb in range(mask.query_blocks):
+        rows = slice(qb * bs, min(n, (qb + 1) * bs))
+        keep = torch.zeros(n, dtype=torch.bool, device=q.device)
+        for kb in mask.key_block_list(qb):
+            keep[int(kb) * bs:(int(kb) + 1) * bs] = True
+        out[:, :, rows], lse[:, :, rows] = attention(q[:, :, rows], k, v, None, dtype)
+        out_w[:, :, rows], lse_w[:, :, rows] = attention(q[:, :, rows], k, v, keep[None, :], dtype)
+    return out, lse, out_w, lse_w
 
 
 def rel_l2(a, b):

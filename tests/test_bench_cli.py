@@ -1,8 +1,5 @@
-"""The benchmark's command line without a GPU or ComfyUI: the e2e subcommand's ComfyUI path handling.
-
-rettention.bench imports the kernels, so it is imported inside the tests: importing it while pytest
-collects would load the kernels before tests/test_kernels.py sets TRITON_INTERPRET.
-"""
+"""The end-to-end benchmark's command line (``python nodes/bench``) without a GPU or ComfyUI: its
+ComfyUI path handling."""
 import os
 import subprocess
 import sys
@@ -11,9 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_comfyui_path_is_taken_out_of_the_arguments(monkeypatch):
-    from rettention.bench import comfy_boot
+    from rettention_pack.nodes.bench import comfy_boot as boot
 
-    boot = comfy_boot()
     monkeypatch.setenv("COMFYUI_PATH", "/from/env")
     assert boot.split_comfyui_path(["--models", "a,b"]) == ("/from/env", ["--models", "a,b"])
     assert boot.split_comfyui_path(["--comfyui", "/x", "--tiny"]) == ("/x", ["--tiny"])
@@ -26,7 +22,7 @@ def test_comfyui_path_is_taken_out_of_the_arguments(monkeypatch):
 
 def test_e2e_without_comfyui_says_what_is_missing():
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
-    result = subprocess.run([sys.executable, "-m", "rettention.bench", "e2e", "--tiny"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, os.path.join("nodes", "bench"), "--tiny"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "no ComfyUI source tree given (--comfyui PATH or COMFYUI_PATH)" in result.stderr

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from reference import attention64, key_set, rel_l2
+from reference import attention, key_set, rel_l2
 from rettention import (HEAD_DIMS, MASK_KINDS, RhoRampWeight, RhoWeight, SparseMask, TokenLayout, UnitWeight,
                         CalibratedWeight, attend_full, attend_sparse)
 
@@ -38,8 +38,8 @@ def test_capture_is_dense_and_stats_match_fp64(case, dtype):
     q, k, v = qkv((2, heads, layout.n_tokens, dim), dtype, seed=1)
     out, stats = attend_full(q, k, v, mask, residual_dtype=torch.float32)
 
-    dense, lse = attention64(q, k, v)
-    window, lse_window = attention64(q, k, v, key_set(mask))
+    dense, lse = attention(q, k, v)
+    window, lse_window = attention(q, k, v, key_set(mask))
     assert out.dtype == dtype and rel_l2(out, dense) < TOL[dtype]
     rho = torch.exp(lse_window - lse)
     assert stats.rho.dtype == torch.float32 and torch.allclose(stats.rho.double(), rho, rtol=1e-3, atol=1e-5)
@@ -56,7 +56,7 @@ def test_sparse_step_on_capture_inputs_is_dense(case, weight):
     q, k, v = qkv((1, heads, layout.n_tokens, dim), seed=2)
     _, stats = attend_full(q, k, v, mask, weight=weight, residual_dtype=torch.float32)
     out = attend_sparse(q, k, v, mask, stats, weight=weight, steps_since_capture=0)
-    assert rel_l2(out, attention64(q, k, v)[0]) < 2e-5
+    assert rel_l2(out, attention(q, k, v)[0]) < 2e-5
 
 
 @pytest.mark.parametrize("weight", [RhoWeight(), UnitWeight(), RhoRampWeight(0.05),
@@ -71,9 +71,9 @@ def test_sparse_step_is_reshaped_window_attention(weight):
     out = attend_sparse(q1, k1, v1, mask, stats, weight=weight, steps_since_capture=3)
 
     keys = key_set(mask)
-    dense0, lse0 = attention64(q0, k0, v0)
-    window0, lse_window0 = attention64(q0, k0, v0, keys)
-    window1, _ = attention64(q1, k1, v1, keys)
+    dense0, lse0 = attention(q0, k0, v0)
+    window0, lse_window0 = attention(q0, k0, v0, keys)
+    window1, _ = attention(q1, k1, v1, keys)
     rho = torch.exp(lse_window0 - lse0)
     if isinstance(weight, CalibratedWeight):
         w0 = w = weight.per_head.double()[None, :, None].expand_as(rho)
@@ -91,13 +91,13 @@ def test_window_covering_every_key_is_dense_attention(kind, dtype):
     layout = TokenLayout((2, 5, 7), text_before=3)
     mask = SparseMask(layout, 1.0, kind, block_size=16)
     q, k, v = qkv((2, 2, layout.n_tokens, 96), dtype, seed=5)
-    dense = attention64(q, k, v)[0]
+    dense = attention(q, k, v)[0]
     out, stats = attend_full(q, k, v, mask)
     assert torch.allclose(stats.rho, torch.ones_like(stats.rho), atol=1e-6)
     assert stats.residual.float().abs().max() < 1e-2 * (1 if dtype == torch.bfloat16 else 1e-3)
     q2, k2, v2 = qkv((2, 2, layout.n_tokens, 96), dtype, seed=6)
     sparse = attend_sparse(q2, k2, v2, mask, stats)
-    assert rel_l2(out, dense) < TOL[dtype] and rel_l2(sparse, attention64(q2, k2, v2)[0]) < 2 * TOL[dtype]
+    assert rel_l2(out, dense) < TOL[dtype] and rel_l2(sparse, attention(q2, k2, v2)[0]) < 2 * TOL[dtype]
 
 
 @pytest.mark.parametrize("dim", HEAD_DIMS)
@@ -108,7 +108,7 @@ def test_every_head_dim_and_the_bnhd_layout(dim):
     assert not q.is_contiguous()
     out, stats = attend_full(q, k, v, mask)
     sparse = attend_sparse(q, k, v, mask, stats, steps_since_capture=0)
-    dense = attention64(q, k, v)[0]
+    dense = attention(q, k, v)[0]
     assert rel_l2(out, dense) < 2e-5 and rel_l2(sparse, dense) < 1e-4
 
 
@@ -130,8 +130,8 @@ def test_reshape_fixes_what_plain_sparse_gets_wrong():
     q, k = q * 0.3, k * 0.3                               # flat attention: most mass outside the window
     _, stats = attend_full(q, k, v, mask)
     q1, k1, v1 = (t + 0.05 * n for t, n in zip((q, k, v), qkv((1, 2, 256, 64), seed=9)))
-    dense = attention64(q1, k1, v1)[0]
-    plain = attention64(q1, k1, v1, key_set(mask))[0]
+    dense = attention(q1, k1, v1)[0]
+    plain = attention(q1, k1, v1, key_set(mask))[0]
     reshaped = attend_sparse(q1, k1, v1, mask, stats)
     assert rel_l2(reshaped, dense) < 0.2 * rel_l2(plain, dense)
 

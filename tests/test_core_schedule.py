@@ -101,12 +101,12 @@ def test_store_keys_by_layer_and_chunk_and_counts_bytes():
     layout = TokenLayout((1, 8, 8))
     q, mask, stats = _stats(layout)
     with StatsStore() as store:
-        store.put("block.3", "uuid-cond", stats)
-        store.put("block.3", "uuid-uncond", stats)
-        assert store.get("block.3", "uuid-cond", q, mask) is stats
-        assert store.get("block.4", "uuid-cond", q, mask) is None
+        store.put("block.3", ("uuid-cond",), stats)
+        store.put("block.3", ("uuid-uncond",), stats)
+        assert store.get("block.3", ("uuid-cond",), q, mask) is stats
+        assert store.get("block.4", ("uuid-cond",), q, mask) is None
         assert store.nbytes == 2 * stats.nbytes == 2 * (2 * 64 * 4 + 2 * 64 * 64 * 4)
-        store.put("block.3", "uuid-cond", stats)               # replacing does not double count
+        store.put("block.3", ("uuid-cond",), stats)               # replacing does not double count
         assert store.nbytes == 2 * stats.nbytes and store.peak_nbytes == store.nbytes
     assert len(store) == 0 and store.nbytes == 0 and store.peak_nbytes == 2 * stats.nbytes
 
@@ -114,15 +114,36 @@ def test_store_keys_by_layer_and_chunk_and_counts_bytes():
 def test_store_lookup_with_another_shape_or_mask_is_a_miss():
     q, mask, stats = _stats(TokenLayout((1, 8, 8)))
     store = StatsStore()
-    store.put(0, 0, stats)
+    store.put(0, (0,), stats)
     bigger_q, bigger_mask, _ = _stats(TokenLayout((1, 8, 12)))     # the user changed resolution
-    assert store.get(0, 0, bigger_q, bigger_mask) is None
-    assert store.get(0, 0, q.expand(2, -1, -1, -1), mask) is None    # the batch was split differently
+    assert store.get(0, (0,), bigger_q, bigger_mask) is None
+    assert store.get(0, (0,), q.expand(2, -1, -1, -1), mask) is None    # the batch was split differently
+    assert store.get(0, (1,), q, mask) is None                          # a chunk never captured
     other_density = SparseMask(mask.layout, 0.5, "band", block_size=16)
-    assert store.get(0, 0, q, other_density) is None
-    assert store.get(0, 0, q, mask) is stats
+    assert store.get(0, (0,), q, other_density) is None
+    assert store.get(0, (0,), q, mask) is stats
     store.close()
-    assert store.get(0, 0, q, mask) is None
+    assert store.get(0, (0,), q, mask) is None
+
+
+def test_store_serves_cfg_chunks_however_comfyui_batches_them():
+    layout = TokenLayout((1, 8, 8))
+    mask = SparseMask(layout, 0.25, "band", block_size=16)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, layout.n_tokens, 64, generator=g) for _ in range(3))
+    stats = attend_full(q, k, v, mask)[1]                      # captured on the batch [cond, uncond]
+    store = StatsStore()
+    store.put(0, ("cond", "uncond"), stats)
+    assert store.get(0, ("cond", "uncond"), q, mask) is stats             # the same batch: no copy
+    uncond = store.get(0, ("uncond",), q[1:], mask)                      # uncond alone: a view of its rows
+    assert uncond.residual.data_ptr() == stats.residual[1:].data_ptr()
+    swapped = store.get(0, ("uncond", "cond"), q, mask)
+    assert torch.equal(swapped.rho, stats.rho.flip(0)) and torch.equal(swapped.residual, stats.residual.flip(0))
+    split = StatsStore()                                       # captured as two forwards, used as one
+    split.put(0, ("cond",), stats.batch_rows(slice(0, 1)))
+    split.put(0, ("uncond",), stats.batch_rows(slice(1, 2)))
+    joined = split.get(0, ("cond", "uncond"), q, mask)
+    assert torch.equal(joined.residual, stats.residual) and split.nbytes == stats.nbytes
 
 
 def test_stats_remember_their_rule():

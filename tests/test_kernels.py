@@ -1,5 +1,5 @@
-"""The Triton kernels on the CPU under TRITON_INTERPRET=1, at small sizes, against an independent
-fp64 reference written here and against the PyTorch oracle (rettention.torch_path).
+"""The Triton kernels on the CPU under TRITON_INTERPRET=1, at small sizes, against the independent
+fp64 reference of tests/reference.py and against the PyTorch oracle (rettention.torch_path).
 
 On a machine with CUDA this module is skipped: tests/test_kernels_gpu.py runs the same checks
 compiled, at real sizes (the interpreter must not leak into that process).
@@ -15,33 +15,12 @@ os.environ["TRITON_INTERPRET"] = "1"        # before the kernels are imported
 pytest.importorskip("triton")
 
 import kernels  # noqa: E402
-from reference import kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
+from reference import dense_and_window as reference, kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
 from rettention import (CalibratedWeight, RhoRampWeight, RhoWeight, SparseMask, TokenLayout,  # noqa: E402
                         UnitWeight, torch_path, triton_path)
 
 if not kernels.sparse_attention.__module__ or not kernels._tuning.INTERPRET:
     pytest.skip("kernels were imported before TRITON_INTERPRET was set", allow_module_level=True)
-
-
-# ---- independent reference ------------------------------------------------------------------------
-
-def reference(q, k, v, mask):
-    """fp64 per row: dense (O, lse) and window (O^S, lse^S), the window being the keys of the key
-    blocks listed for the row's query block (the mask's block lists, read one block at a time)."""
-    b, h, n, d = q.shape
-    q, k, v = q.double(), k.double(), v.double()
-    logits = q @ k.transpose(-1, -2) / d ** 0.5
-    window = torch.zeros(n, n, dtype=torch.bool)
-    bs = mask.block_size
-    for qb in range(mask.query_blocks):
-        for kb in mask.key_block_list(qb):
-            window[qb * bs:(qb + 1) * bs, kb * bs:(kb + 1) * bs] = True
-    lse = torch.logsumexp(logits, -1)
-    out = torch.softmax(logits, -1) @ v
-    wl = logits.masked_fill(~window, float("-inf"))
-    lse_w = torch.logsumexp(wl, -1)
-    out_w = torch.softmax(wl, -1) @ v
-    return out, lse, out_w, lse_w
 
 
 def make_qkv(b, h, n, d, dtype, layout="bhnd", seed=0):
@@ -230,11 +209,12 @@ def test_loop_variants_match_fp64(monkeypatch, block_n, variant):
 
 def test_stream_floor_adds_its_inputs():
     """The benchmark's memory-floor pass computes what it says (q + k + v + r), odd sizes included."""
+    from rettention.bench.stream_floor import stream_floor
     g = torch.Generator().manual_seed(21)
     ts = [torch.randn(1, 3, 37, 72, generator=g).to(torch.bfloat16) for _ in range(4)]
     out = torch.empty_like(ts[0])
-    kernels.stream_floor(*ts, out, block=256, num_warps=4)
+    stream_floor(*ts, out, block=256, num_warps=4)
     expect = sum(t.double() for t in ts)
     assert float((out.double() - expect).abs().max()) < 0.06 * float(expect.abs().max())
     with pytest.raises(ValueError):
-        kernels.stream_floor(ts[0], ts[1], ts[2], ts[3].transpose(2, 3).contiguous().transpose(2, 3), out)
+        stream_floor(ts[0], ts[1], ts[2], ts[3].transpose(2, 3).contiguous().transpose(2, 3), out)

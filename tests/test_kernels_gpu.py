@@ -1,5 +1,5 @@
-"""The compiled Triton kernels on a CUDA GPU at real sizes, against an fp32 reference written here
-(computed one query block at a time on the GPU, from the mask's block lists). Skipped without CUDA.
+"""The compiled Triton kernels on a CUDA GPU at real sizes, against the tests' reference attention in
+fp32 (tests/reference.py: one query block at a time on the GPU, from the mask's block lists). Skipped without CUDA.
 Outputs are poisoned with NaN before each run so unwritten elements show; repeat runs must be
 bit-identical. No timing here (see ``python -m rettention.bench``).
 """
@@ -10,33 +10,15 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 import kernels  # noqa: E402
-from reference import kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
+from reference import dense_and_window, kernel_tolerance as tol, rel_l2 as rel  # noqa: E402
 from rettention import RhoRampWeight, RhoWeight, SparseMask, TokenLayout, triton_path  # noqa: E402
 
 DEV = torch.device("cuda")
 
 
 def reference(q, k, v, mask):
-    """fp32 (O, lse, O^S, lse^S), per query block: all keys, and the keys of the listed key blocks."""
-    b, h, n, d = q.shape
-    out = torch.empty(b, h, n, d, device=DEV)
-    out_w = torch.empty_like(out)
-    lse = torch.empty(b, h, n, device=DEV)
-    lse_w = torch.empty_like(lse)
-    kf, vf = k.float(), v.float()
-    bs = mask.block_size
-    for qb in range(mask.query_blocks):
-        rows = slice(qb * bs, min(n, (qb + 1) * bs))
-        logits = (q[:, :, rows].float() @ kf.transpose(-1, -2)) * d ** -0.5
-        keep = torch.zeros(n, dtype=torch.bool, device=DEV)
-        for kb in mask.key_block_list(qb):
-            keep[int(kb) * bs:(int(kb) + 1) * bs] = True
-        lse[:, :, rows] = torch.logsumexp(logits, -1)
-        out[:, :, rows] = torch.softmax(logits, -1) @ vf
-        wl = logits.masked_fill(~keep, float("-inf"))
-        lse_w[:, :, rows] = torch.logsumexp(wl, -1)
-        out_w[:, :, rows] = torch.softmax(wl, -1) @ vf
-    return out, lse, out_w, lse_w
+    """fp32 (O, lse, O^S, lse^S) on the GPU, per query block (tests/reference.py)."""
+    return dense_and_window(q, k, v, mask, dtype=torch.float32)
 
 
 CASES = [  # (name, layout, kind, density, block, B, H, D, dtype, input layout)

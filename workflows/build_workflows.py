@@ -1,11 +1,14 @@
-"""Writes the example workflows (ComfyUI UI format) to workflows/ and example_workflows/.
+"""Writes the example workflows (ComfyUI UI format) to workflows/, the one folder ComfyUI's
+templates browser reads for this pack (or to --out DIR).
 
-    python workflows/build_workflows.py
+    python workflows/build_workflows.py [--out DIR]
 """
+import argparse
 import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = [HERE]
 OUT_TYPES = {"UNETLoader": ["MODEL"], "DualCLIPLoader": ["CLIP"], "CLIPLoader": ["CLIP"], "VAELoader": ["VAE"],
              "CLIPTextEncode": ["CONDITIONING"], "FluxGuidance": ["CONDITIONING"], "EmptySD3LatentImage": ["LATENT"],
              "EmptyLatentImage": ["LATENT"], "EmptyHunyuanLatentVideo": ["LATENT"], "KSampler": ["LATENT"],
@@ -37,9 +40,8 @@ class Graph:
     def dump(self, name):
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
-        for folder in (HERE, os.path.join(os.path.dirname(HERE), "example_workflows")):
-            with open(os.path.join(folder, name + ".json"), "w") as f:
-                json.dump(data, f, indent=1)
+        with open(os.path.join(OUT[0], name + ".json"), "w") as f:
+            json.dump(data, f, indent=1)
 
 
 def patch(g, model, density=0.0625, mask="auto", stats_file="none", schedule=None):
@@ -120,6 +122,9 @@ def pixart():
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=HERE, help="folder to write the workflows to (default: workflows/)")
+    OUT[0] = parser.parse_args().out
     flux()
     wan21()
     pixart()

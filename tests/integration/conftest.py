@@ -8,8 +8,8 @@ Without COMFYUI_PATH every test here is skipped (with the reason printed by ``py
 ComfyUI runs on the CPU (``--cpu``). PyPI's torchvision is a CUDA build that cannot import next to
 CPU-only torch; the ``torchvision::nms`` / ``qnms`` schemas are then defined so ComfyUI starts.
 The pack is loaded the way ComfyUI loads custom nodes (``nodes.load_custom_node``), so the tests
-use the same module objects ComfyUI does. Both are done by nodes/comfy_boot.py, which the end-to-end
-benchmark uses too.
+use the same module objects ComfyUI does. Both are done by nodes/bench/comfy_boot.py, which the
+end-to-end benchmark uses too. The helpers the tests share are in tiny_models.py.
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def pytest_report_header(config):
 
 
 def boot_comfy():
-    """ComfyUI (CPU, with its extra nodes) and this pack, booted once by nodes/comfy_boot.py;
+    """ComfyUI (CPU, with its extra nodes) and this pack, booted once by nodes/bench/comfy_boot.py;
     returns (ComfyUI's nodes module, the pack)."""
-    from rettention.bench import comfy_boot
+    from rettention_pack.nodes.bench import comfy_boot
 
-    booted = comfy_boot().boot(COMFYUI_PATH, cpu=True, extra_nodes=True)
+    booted = comfy_boot.boot(COMFYUI_PATH, cpu=True, extra_nodes=True)
     return booted.nodes, booted.pack
 
 

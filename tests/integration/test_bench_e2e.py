@@ -1,5 +1,5 @@
 """Smoke test of the end-to-end benchmark: ``e2e --tiny`` on two tiny families, in this process's
-ComfyUI (CPU), then the table it printed and the JSON it wrote; and the ``rettention.bench e2e``
+ComfyUI (CPU), then the table it printed and the JSON it wrote; and the ``python nodes/bench``
 command line up to the benchmark's own help (its own process boots ComfyUI).
 
     COMFYUI_PATH=/work/comfyui python -m pytest -q tests/integration/test_bench_e2e.py
@@ -29,10 +29,10 @@ def bench(comfy_env, tmp_path_factory):
     import io
     from contextlib import redirect_stdout
 
-    from rettention.bench import comfy_boot
+    from rettention_pack.nodes.bench import comfy_boot
 
     path = str(tmp_path_factory.mktemp("e2e") / "e2e.json")
-    bench_e2e = comfy_boot().booted().pack_module("nodes.bench_e2e")
+    bench_e2e = comfy_boot.booted().pack_module("nodes.bench.e2e")
     printed = io.StringIO()
     with redirect_stdout(printed):
         bench_e2e.main(["--tiny", "--models", ",".join(MODELS), "--measure-steps", str(MEASURE_STEPS), "--json", path])
@@ -89,7 +89,7 @@ def test_whole_runs_are_the_default_plan_times_the_measured_medians(bench, model
 
 
 def test_command_line_boots_comfyui_and_reaches_the_benchmark():
-    result = subprocess.run([sys.executable, "-m", "rettention.bench", "e2e", "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, os.path.join("nodes", "bench"), "--help"], cwd=REPO,
                             env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "usage: python -m rettention.bench e2e" in result.stdout and "--measure-steps" in result.stdout
+    assert "usage: python nodes/bench" in result.stdout and "--measure-steps" in result.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from test_comfy_families import build, observe, patch, sample
+from tiny_models import build, observe, patch, sample
 
 
 def test_torch_compile_model_node_on_a_patched_model(comfy_env):

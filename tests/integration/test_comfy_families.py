@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-import tiny_models
+from tiny_models import STEPS, baseline, build, close, observe, patch, release, sample
 
 FAMILIES = ["wan", "flux", "sd3", "hunyuan_video", "qwen_image", "pixart", "hunyuan_dit",
             "chroma", "auraflow", "ltxv", "hidream", "lumina2", "cosmos_predict2", "mochi", "cosmos",
@@ -32,52 +32,6 @@ FORWARDS = {"mochi": 2, "flux_kontext": 2}
 # Lumina 2's noise refiner always passes its (padding) image mask; its main layers get none when
 # the text mask is all ones, and go sparse. (Its text-only context refiner is passed through.)
 MASKED = {"lumina2": 1}
-STEPS = 8
-_BUILT = {}
-
-
-def build(name):
-    if name not in _BUILT:
-        _BUILT[name] = tiny_models.tiny(name)
-    return _BUILT[name]
-
-
-def sample(patcher, name, cfg=3.0, steps=STEPS):
-    import comfy.sample
-
-    _, shape, pos, neg = build(name)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    return comfy.sample.sample(patcher, noise, steps, cfg, "euler", "simple", pos, neg, torch.zeros(shape),
-                               seed=0, disable_pbar=True)
-
-
-def patch(env, patcher, density=0.25, schedule=None, **kw):
-    node = env["nodes"].NODE_CLASS_MAPPINGS["RettentionPatchModel"]
-    args = dict(density=density, mask="auto", residual_dtype="auto", dense_first_last=False, stats_file="none",
-                error_threshold=0.05)
-    args.update(kw)
-    return node.execute(patcher, schedule=schedule, **args).args[0]
-
-
-def observe(env, patcher):
-    adapter = sys.modules[env["pack"].__name__ + ".nodes.adapter"]
-    reports = []
-    patcher.model_options["transformer_options"][adapter.OBSERVER_KEY] = reports.append
-    return reports
-
-
-def baseline(name):
-    key = ("baseline", name)
-    if key not in _BUILT:
-        _BUILT[key] = sample(build(name)[0], name)
-    return _BUILT[key]
-
-
-def close(a, b, tol=1e-4):
-    scale = max(1.0, float(b.abs().max()))
-    return float((a - b).abs().max()) <= tol * scale
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_calls_per_step_and_finite(comfy_env, name):
     patcher = build(name)[0]
@@ -138,9 +92,9 @@ CALLS = {
 
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_joint_and_reference_layouts(comfy_env, monkeypatch, name):
-    adapter = sys.modules[comfy_env["pack"].__name__ + ".nodes.adapter"]
+    forward = sys.modules[comfy_env["pack"].__name__ + ".nodes.forward"]
     seen = []
-    attend = adapter.ForwardContext.attend
+    attend = forward.ForwardContext.attend
 
     def spy(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate):
         n_q, n_k = (q.shape[2], k.shape[2]) if skip_reshape else (q.shape[1], k.shape[1])
@@ -149,7 +103,7 @@ def test_joint_and_reference_layouts(comfy_env, monkeypatch, name):
                      None if layout is None else (layout.grid, layout.text_before, layout.text_after)))
         return attend(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate)
 
-    monkeypatch.setattr(adapter.ForwardContext, "attend", spy)
+    monkeypatch.setattr(forward.ForwardContext, "attend", spy)
     patched = patch(comfy_env, build(name)[0])
     reports = observe(comfy_env, patched)
     assert torch.isfinite(sample(patched, name)).all()
@@ -212,9 +166,7 @@ def test_batch_of_latents(comfy_env):
 @pytest.fixture(scope="module", autouse=True)
 def _free_models():
     yield
-    import gc
-    _BUILT.clear()
-    gc.collect()
+    release()
 
 
 def test_wan22_two_experts_each_pass_starts_from_a_capture(comfy_env):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from test_comfy_families import build, observe, patch, sample
+from tiny_models import baseline, build, close, observe, patch, sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +34,6 @@ def test_calibrate_then_patch(comfy_env):
     assert torch.isfinite(out).all()
     assert report["bytes_held"] == 0
     # calibration runs dense attention: the output is the unpatched model's
-    from test_comfy_families import baseline, close
     assert close(out, baseline("flux"))
     calibration = sys.modules[comfy_env["pack"].__name__ + ".rettention.calibration"]
     data = calibration.load_stats_file(path)

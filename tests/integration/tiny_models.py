@@ -1,13 +1,18 @@
-"""Tiny random-weight models of ComfyUI's own DiT classes (DESIGN.md section 6), with conditioning.
+"""Tiny random-weight models of ComfyUI's own DiT classes (DESIGN.md section 6), with conditioning,
+and the helpers the integration tests share: build, sample, patch, observe, baseline, close.
 
-The models and their conditioning come from the pack's model table (nodes/model_zoo.py, size
+The models and their conditioning come from the pack's model table (nodes/bench/model_zoo.py, size
 ``tiny``), the same builder the end-to-end benchmark uses at real sizes. ``tiny(family)`` returns
 (ModelPatcher, latent shape, positive, negative). Call them after ComfyUI has booted (the
 ``comfy_env`` fixture).
 """
 from __future__ import annotations
 
+import sys
+
 import torch
+
+from rettention_pack.nodes.bench import comfy_boot
 
 # family: seed of its conditioning (the latent shape is the model table's TINY_LATENTS)
 SEEDS = {"wan": 1, "flux": 2, "sd3": 3, "hunyuan_video": 4, "qwen_image": 5, "pixart": 6, "hunyuan_dit": 7,
@@ -19,10 +24,8 @@ SPECIAL = {}
 
 
 def zoo():
-    """The pack's nodes/model_zoo.py, as ComfyUI loaded the pack."""
-    from rettention.bench import comfy_boot
-
-    return comfy_boot().booted().pack_module("nodes.model_zoo")
+    """The pack's nodes/bench/model_zoo.py, as ComfyUI loaded the pack."""
+    return comfy_boot.booted().pack_module("nodes.bench.model_zoo")
 
 
 def tiny(family: str):
@@ -89,3 +92,59 @@ def qwen_image_edit():
 
 
 SPECIAL.update(mochi=mochi, flux_kontext=flux_kontext, qwen_image_edit=qwen_image_edit)
+
+
+# --- shared by the integration tests -----------------------------------------------------------
+
+STEPS = 8
+_BUILT = {}
+
+
+def build(name):
+    if name not in _BUILT:
+        _BUILT[name] = tiny(name)
+    return _BUILT[name]
+
+
+def sample(patcher, name, cfg=3.0, steps=STEPS):
+    import comfy.sample
+
+    _, shape, pos, neg = build(name)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return comfy.sample.sample(patcher, noise, steps, cfg, "euler", "simple", pos, neg, torch.zeros(shape),
+                               seed=0, disable_pbar=True)
+
+
+def patch(env, patcher, density=0.25, schedule=None, **kw):
+    node = env["nodes"].NODE_CLASS_MAPPINGS["RettentionPatchModel"]
+    args = dict(density=density, mask="auto", residual_dtype="auto", dense_first_last=False, stats_file="none",
+                error_threshold=0.05)
+    args.update(kw)
+    return node.execute(patcher, schedule=schedule, **args).args[0]
+
+
+def observe(env, patcher):
+    config = sys.modules[env["pack"].__name__ + ".nodes.config"]
+    reports = []
+    patcher.model_options["transformer_options"][config.OBSERVER_KEY] = reports.append
+    return reports
+
+
+def release():
+    """Drop the built models (and baselines) so that their memory can go."""
+    import gc
+
+    _BUILT.clear()
+    gc.collect()
+
+
+def baseline(name):
+    key = ("baseline", name)
+    if key not in _BUILT:
+        _BUILT[key] = sample(build(name)[0], name)
+    return _BUILT[key]
+
+
+def close(a, b, tol=1e-4):
+    scale = max(1.0, float(b.abs().max()))
+    return float((a - b).abs().max()) <= tol * scale

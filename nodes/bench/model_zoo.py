@@ -3,7 +3,7 @@
 One table, :data:`MODELS` (family -> size -> :class:`ModelSpec`), holds the unet_config ComfyUI's model
 detection (comfy/model_detection.py) would produce for a real checkpoint, or a tiny one for tests,
 plus the shape of the text conditioning the family's text encoder gives. The end-to-end benchmark
-(nodes/bench_e2e.py) builds the real sizes; the integration tests build the ``tiny`` ones.
+(nodes/bench/e2e.py) builds the real sizes; the integration tests build the ``tiny`` ones.
 
     patcher = build_patcher("wan", "14b", torch.bfloat16, torch.device("cuda"))
     positive, negative = conditioning("wan", "14b", seed=1)

@@ -1,10 +1,10 @@
 """End-to-end benchmark: whole sampling runs of ComfyUI's own DiT models, unpatched and patched.
 
-    python -m rettention.bench e2e [--models wan14b_720p,hunyuan_720p,...] [--steps 50,20]
+    python nodes/bench [--models wan14b_720p,hunyuan_720p,...] [--steps 50,20]
                                    [--measure-steps 4] [--comfyui PATH] [--json FILE] [--tiny]
 
 Each model is ComfyUI's own class (``comfy.supported_models``) at its real size, with random bf16
-weights made on the GPU (nodes/model_zoo.py: nothing is downloaded), random text conditioning of the
+weights made on the GPU (nodes/bench/model_zoo.py: nothing is downloaded), random text conditioning of the
 real encoder's shape, and sampled by ``comfy.sample.sample`` (the path a KSampler node takes;
 euler / simple, same seed and noise for both runs). "Patched" is the pack's Re-ttention Patch Model
 node with every input at its default (density, mask auto, default schedule).
@@ -63,11 +63,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .. import rettention
-from ..rettention import CAPTURE, DENSE, SPARSE
-from . import adapter, model_zoo
-from .families import family_of
-from .rettention_nodes import PatchModel, SparsitySchedule
+from ... import rettention
+from ...rettention import CAPTURE, DENSE, SPARSE
+from ..config import CONFIG_KEY, OBSERVER_KEY
+from ..families import family_of
+from ..module_forwards import module_paths
+from ..rettention_nodes import PatchModel, SparsitySchedule
+from ..run_state import RunState
+from . import model_zoo
 
 MODES = (DENSE, CAPTURE, SPARSE)
 LETTER = {"D": DENSE, "C": CAPTURE, "S": SPARSE}
@@ -168,7 +171,7 @@ class RunTimer:
         family = family_of(patcher.model)
         if family is not None and family.route == "modules":
             handles = []
-            for path in adapter.module_paths(patcher.model, family.module_kind):
+            for path in module_paths(patcher.model, family.module_kind):
                 handles.extend(self._hook(patcher.get_model_object(path)))
             return handles
         options = patcher.model_options.setdefault("transformer_options", {})
@@ -270,7 +273,7 @@ def measured_run(patcher, inputs: Inputs, steps: int, device: torch.device) -> R
     timer = RunTimer(device)
     timed = patcher.clone()
     reports: list[dict] = []
-    timed.model_options.setdefault("transformer_options", {})[adapter.OBSERVER_KEY] = reports.append
+    timed.model_options.setdefault("transformer_options", {})[OBSERVER_KEY] = reports.append
     timed.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, "rettention_bench", timer.sampler_wrapper)
     handles = timer.install(timed)
     if device.type == "cuda":
@@ -324,13 +327,13 @@ def warmup_schedule():
 
 def default_plan(patched, inputs: Inputs, steps: int) -> str:
     """The plan the pack follows in a ``steps``-step run of this model with its default settings:
-    the KSampler's sigmas for that many steps, through the adapter's own RunState."""
+    the KSampler's sigmas for that many steps, through the pack's own RunState."""
     import comfy.samplers
 
     sigmas = comfy.samplers.KSampler(patched, steps=steps, device=patched.load_device, sampler=inputs.sampler,
                                      scheduler=inputs.scheduler, denoise=1.0).sigmas
-    config = patched.model_options["transformer_options"][adapter.CONFIG_KEY]
-    return adapter.RunState(config, patched.get_model_object("model_sampling"), sigmas).plan.summary()
+    config = patched.model_options["transformer_options"][CONFIG_KEY]
+    return RunState(config, patched.get_model_object("model_sampling"), sigmas).plan.summary()
 
 
 # --- one model -------------------------------------------------------------------------------------
@@ -539,7 +542,7 @@ def environment() -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rettention.bench e2e", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python nodes/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="--comfyui PATH: the ComfyUI source tree (default $COMFYUI_PATH); "
                                             "read before ComfyUI starts.")

@@ -1,22 +1,23 @@
 """Start ComfyUI inside this Python process and load this pack the way ComfyUI loads custom nodes.
 
-Used by the integration tests (tests/integration/conftest.py) and by the end-to-end benchmark
-(``python -m rettention.bench e2e``). This file is loaded by its path (``comfy_boot()`` in
-rettention/bench.py), not as part of the pack: the pack can only be imported once ComfyUI runs.
-It imports nothing from ComfyUI until :func:`boot` is called, and only the standard library and
-torch at import time.
+Measuring and test code, not part of the pack: used by the end-to-end benchmark's command
+(``python nodes/bench``, nodes/bench/__main__.py) and by the integration tests
+(tests/integration/conftest.py). It imports only the standard library and torch, and nothing from
+ComfyUI until :func:`boot` runs; the pack's own modules exist only once ComfyUI has loaded the pack
+(its folder name is the package name ComfyUI gives it), so they are reached through the result.
 
     booted = boot("/path/to/ComfyUI", cpu=True)     # idempotent: a second call returns the first result
     booted.nodes                                    # ComfyUI's nodes module (NODE_CLASS_MAPPINGS, ...)
-    booted.pack_module("nodes.adapter")             # a module of the pack, as ComfyUI loaded it
+    booted.pack_module("nodes.run_state")           # a module of the pack, as ComfyUI loaded it
 
 Two gaps of the environments we run in are bridged, each only when it is there:
 
 - PyPI's torchvision next to CPU-only torch fails at import (``torchvision::nms does not exist``):
   the ``torchvision::nms`` / ``qnms`` schemas are defined, then ComfyUI imports torchvision again.
-- PyAV (``av``, ~40 MB of FFmpeg) missing: ``comfy_api`` imports it at module level but uses it only
-  to read and write video files, which nothing here does. A stub module stands in for it; anything
-  that reaches for PyAV gets an ImportError that says so.
+- PyAV (``av``, ~40 MB of FFmpeg) missing, or PyPI's torchaudio next to CPU-only torch failing to load
+  its library (ComfyUI 0.33 imports it at module level for its audio models): ComfyUI uses them only
+  for audio and video files and audio models, which nothing here does. A stub package stands in for
+  each (submodules included); anything that reaches for one gets an ImportError that says so.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import sys
 import types
 from dataclasses import dataclass
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _BOOTED: dict = {}
 _KEEP: list = []          # torch.library.Library objects must stay alive for their definitions to hold
@@ -42,7 +43,7 @@ class Booted:
     pack: types.ModuleType           # this pack, as loaded by nodes.load_custom_node
 
     def pack_module(self, name: str) -> types.ModuleType:
-        """``pack_module("nodes.adapter")``: that module of the loaded pack (imported if needed)."""
+        """``pack_module("nodes.run_state")``: that module of the loaded pack (imported if needed)."""
         return importlib.import_module(f"{self.pack.__name__}.{name}")
 
 
@@ -86,6 +87,7 @@ def boot(comfyui_path: str, cpu: bool = False, extra_nodes: bool = False) -> Boo
     comfyui_path = os.path.abspath(comfyui_path)
     _bridge_torchvision()
     _bridge_pyav()
+    _bridge_torchaudio()
     if comfyui_path not in sys.path:
         sys.path.insert(0, comfyui_path)
     _parse_comfy_args(["--cpu"] if cpu else [])
@@ -149,22 +151,52 @@ def _bridge_torchvision() -> None:
     _KEEP.append(lib)
 
 
-class _MissingPyAV(types.ModuleType):
-    """Stands in for PyAV: any name is a class that refuses to be used."""
+class _Missing(types.ModuleType):
+    """Stands in for a package that cannot be imported here: any name is a class that refuses to be used."""
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
 
         def refuse(*args, **kwargs):
-            raise ImportError(f"PyAV (av) is not installed: {self.__name__}.{name} is unavailable")
+            raise ImportError(f"{self.__name__.split('.')[0]} cannot be imported here: "
+                              f"{self.__name__}.{name} is unavailable")
         return type(name, (), {"__new__": refuse, "__module__": self.__name__})
 
 
+class _StubFinder:
+    """Imports of ``root`` and its submodules get :class:`_Missing` packages."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.root or name.startswith(self.root + "."):
+            return importlib.util.spec_from_loader(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _Missing(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+def _stub(root: str) -> None:
+    for name in [m for m in sys.modules if m == root or m.startswith(root + ".")]:
+        del sys.modules[name]
+    sys.meta_path.insert(0, _StubFinder(root))
+
+
 def _bridge_pyav() -> None:
-    if "av" in sys.modules or importlib.util.find_spec("av") is not None:
+    if "av" not in sys.modules and importlib.util.find_spec("av") is None:
+        _stub("av")
+
+
+def _bridge_torchaudio() -> None:
+    if importlib.util.find_spec("torchaudio") is None:
         return
-    for name in ("av", "av.container", "av.subtitles", "av.subtitles.stream"):
-        module = _MissingPyAV(name)
-        module.__path__ = []          # a package, so submodule imports resolve to the stubs above
-        sys.modules[name] = module
+    try:
+        import torchaudio  # noqa: F401
+    except (OSError, ImportError, RuntimeError):    # its compiled library does not load beside this torch
+        _stub("torchaudio")

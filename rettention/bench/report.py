@@ -1,4 +1,4 @@
-"""The core's numbers, on any machine: ``python -m rettention.report``.
+"""The core's numbers, on any machine: ``python -m rettention.bench report``.
 
 1. Achieved density (pairs the blocks compute) per mask kind for requested 3.125 / 6.25 / 12.5%.
 2. What each part of the reshape buys, on a smooth synthetic signal: tokens on a grid whose
@@ -14,10 +14,10 @@ import math
 
 import torch
 
-from .attention import attend_dense, attend_full, attend_sparse
-from .layout import TokenLayout
-from .masks import MASK_KINDS, SparseMask
-from .weights import UnitWeight
+from ..attention import attend_dense, attend_full, attend_sparse
+from ..layout import TokenLayout
+from ..masks import MASK_KINDS, SparseMask
+from ..weights import UnitWeight
 
 DENSITIES = (0.03125, 0.0625, 0.125)
 LAYOUTS = {"4096 (1,64,64)": TokenLayout((1, 64, 64)), "32760 (21,30,52)": TokenLayout((21, 30, 52))}
@@ -87,5 +87,3 @@ def main(argv=None) -> None:
     print("\n".join(reshape_table(args.kind, args.drift)))
 
 
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,6 @@ out, the traffic no sparse-step kernel can avoid (at one key block per query blo
 about once), with no attention in it. Where this alone takes longer than a target, the target is
 below what the H200's memory delivers at that shape.
 """
-import torch
 import triton
 import triton.language as tl
 

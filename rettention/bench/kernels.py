@@ -2,13 +2,12 @@
 
     python -m rettention.bench [--shapes wan_720p,flux_1024] [--densities 0.03125,0.125]
                                [--kinds band,local3d] [--no-flex] [--fused all|first|none] [--json F]
-    python -m rettention.bench e2e --help     # whole sampling runs inside ComfyUI (nodes/bench_e2e.py)
 
 For each shape (B, H, N, D, bf16) it prints median ms and the ratio to cuDNN dense attention, all
 measured in one run on the same inputs (each timed call is one CUDA-graph replay after an L2 flush,
 so the table holds GPU time, not Python launch overhead; see ``bench_ms``): cuDNN SDPA, flash SDPA,
 cuDNN + its log-sum-exp, the memory floor (one pass reading q, k, v, R and writing out:
-``kernels.stream_floor``), and per mask (kind, density): PyTorch FlexAttention on the same block
+``stream_floor.py``), and per mask (kind, density): PyTorch FlexAttention on the same block
 lists (``BlockMask.from_kv_blocks``), our sparse step, our capture step (design "split": cuDNN +
 lse, then the sparse kernel's capture epilogue; design "fused": one kernel over all keys, the window's
 first; the pack times both per shape and keeps the faster). "eff" is the computed-block efficiency:
@@ -18,18 +17,17 @@ blocks actually computed. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
 import sys
 
 import torch
 
-from . import triton_path
-from .layout import TokenLayout
-from .masks import SparseMask
-from .weights import RhoWeight
+from .. import triton_path
+from ..layout import TokenLayout
+from ..masks import SparseMask
+from ..weights import RhoWeight
+from .stream_floor import stream_floor
 
 # name: (B, H, D, layout). First the shapes (B, H, N, D) of the kernel issue with every token an image
 # token, as the targets and the FlexAttention baseline (../shared/h200-peer-sparse.txt) were measured:
@@ -55,28 +53,14 @@ KINDS = ("band", "local3d")
 def bench_ms(fn, budget_ms: float = 400.0) -> float:
     """Median ms of ``fn`` over repeated runs timed with CUDA events, the L2 cache flushed before
     each (as ``triton.testing.do_bench``). ``fn`` is captured once in a CUDA graph and each run is a
-    replay, so the time is the GPU's, not Python's launch overhead (which at a few thousand tokens
-    is longer than the kernels); ``fn`` is called directly when it cannot be captured."""
+    replay (``kernels.graph_timer``), so the time is the GPU's, not Python's launch overhead (which
+    at a few thousand tokens is longer than the kernels); ``fn`` is called directly when it cannot
+    be captured."""
     flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
-    fn()                                        # compile, tune, build caches
-    torch.cuda.synchronize()
-    run = triton_path.kernels.graph_replay(fn)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    first = max(start.elapsed_time(end), 1e-3)
+    time_ms = triton_path.kernels.graph_timer(fn)       # compile, tune, build caches; capture
+    first = max(time_ms()[0], 1e-3)
     reps = int(min(200, max(5, budget_ms / first)))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        flush.zero_()
-        starts[i].record()
-        run()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return statistics.median(time_ms(samples=reps, before=flush.zero_))
 
 
 def _sdpa(backend):
@@ -129,7 +113,7 @@ def run(shapes, densities, kinds, flex=True, fused="all", log=print):
         add("flash", "dense", 1.0, 1.0, bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
         r, out = torch.randn_like(q), torch.empty_like(q)
         add("memory floor", "stream", 1.0, 1.0,
-            min(bench_ms(lambda: triton_path.kernels.stream_floor(q, k, v, r, out, block, warps))
+            min(bench_ms(lambda: stream_floor(q, k, v, r, out, block, warps))
                 for block, warps in ((2048, 4), (4096, 8), (8192, 8))))
         del r, out
         first = True
@@ -177,36 +161,8 @@ def print_table(rows, out=sys.stdout):
               f"{r['ms']:9.3f} {r['pct']:7.2f}% {eff:>6s}", file=out)
 
 
-def comfy_boot():
-    """nodes/comfy_boot.py, loaded by its path (it imports no ComfyUI until its ``boot()`` runs, and
-    the pack's own modules can only be imported once ComfyUI has loaded the pack)."""
-    name = "rettention_comfy_boot"
-    module = sys.modules.get(name)
-    if module is None:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nodes", "comfy_boot.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-def e2e_main(argv) -> None:
-    """``python -m rettention.bench e2e [--comfyui PATH] ...``: boot ComfyUI (on the CPU when there
-    is no CUDA GPU), load the pack, and run its end-to-end benchmark (nodes/bench_e2e.py)."""
-    boot = comfy_boot()
-    comfyui_path, rest = boot.split_comfyui_path(list(argv))
-    problem = boot.check_comfyui_path(comfyui_path)
-    if problem:
-        sys.exit(f"rettention.bench e2e: {problem}")
-    booted = boot.boot(comfyui_path, cpu=not torch.cuda.is_available())
-    booted.pack_module("nodes.bench_e2e").main(rest)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["e2e"]:
-        return e2e_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
@@ -237,7 +193,3 @@ def main(argv=None):
         chosen = " ".join(f"{name}={value}" for name, value in config._asdict().items() if value)
         print(f"  {key[0]} D={key[3]} MB={key[4]} N={key[5]} BH={key[6]} mode={key[7]} work={key[9]}: {chosen}")
     print_table(rows)
-
-
-if __name__ == "__main__":
-    main()
