@@ -179,6 +179,38 @@ def build_patcher(family: str, size: str, dtype: torch.dtype = torch.float32, de
     return build_from_config(spec.config_class, spec.unet_config, dtype, device, seed)
 
 
+# Fields that later ComfyUI releases made required in a family's parameter dataclass, with the value
+# ComfyUI's model detection (comfy/model_detection.py) gives a plain checkpoint of the family. Each is
+# added only where the installed ComfyUI's dataclass has it, so one table builds on 0.3.64 and 0.33.
+LATER_FIELDS = {
+    "flux": {"txt_ids_dims": []},
+    "chroma": {"txt_ids_dims": [], "vec_in_dim": None},
+    "hunyuan_video": {"use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False},
+}
+
+
+def _params_fields(image_model: str) -> set[str]:
+    """The fields of the installed ComfyUI's parameter dataclass for ``image_model``."""
+    import dataclasses
+
+    import comfy.ldm.chroma.model
+    import comfy.ldm.flux.model
+    import comfy.ldm.hunyuan_video.model
+
+    params = {"flux": comfy.ldm.flux.model.FluxParams, "chroma": comfy.ldm.chroma.model.ChromaParams,
+              "hunyuan_video": comfy.ldm.hunyuan_video.model.HunyuanVideoParams}[image_model]
+    return {f.name for f in dataclasses.fields(params)}
+
+
+def for_installed_comfyui(unet_config: dict) -> dict:
+    """``unet_config`` with the fields of :data:`LATER_FIELDS` the installed ComfyUI requires."""
+    later = LATER_FIELDS.get(unet_config.get("image_model"), {})
+    if not later:
+        return dict(unet_config)
+    fields = _params_fields(unet_config["image_model"])
+    return {**{k: v for k, v in later.items() if k in fields}, **unet_config}
+
+
 def build_from_config(config_class: str, unet_config: dict, dtype: torch.dtype = torch.float32, device=None,
                       seed: int = 0):
     """As :func:`build_patcher`, for any ``comfy.supported_models`` class and unet_config. The weights
@@ -188,7 +220,7 @@ def build_from_config(config_class: str, unet_config: dict, dtype: torch.dtype =
     import comfy.supported_models
 
     device = torch.device(device) if device is not None else comfy.model_management.get_torch_device()
-    config = getattr(comfy.supported_models, config_class)(dict(unet_config))
+    config = getattr(comfy.supported_models, config_class)(for_installed_comfyui(unet_config))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=device)
     model.diffusion_model.to(device)              # the few tensors a constructor made on the CPU
