@@ -108,14 +108,14 @@ def choose(key: tuple, cands: list, launch: Callable[[object], object]):
     if len(cands) == 1 or INTERPRET or os.environ.get("RETTENTION_NO_TUNE"):
         _CACHE[key] = cands[0]
         return cands[0]
-    timers = {}
+    timers, failures = {}, []
     for config in cands:
         try:
             timers[config] = _timer(lambda config=config: launch(config))
-        except Exception:             # noqa: BLE001 - e.g. out of shared memory for this config
-            continue
+        except Exception as error:    # noqa: BLE001 - e.g. out of shared memory for this config
+            failures.append(f"{config}: {type(error).__name__}: {error}")
     if not timers:
-        raise RuntimeError(f"no launch configuration works for {key}")
+        raise RuntimeError(f"no launch configuration works for {key}; " + "; ".join(failures))
     slowest = max(first for first, _ in timers.values())
     samples = {config: [] for config in timers}
     for _ in range(3 if slowest > 20 else 9):

@@ -7,6 +7,7 @@ ComfyUI's own attention (``delegate``) for everything else.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -49,19 +50,44 @@ class ForwardContext:
             return tuple(self.uuids)
         return ("batch",)
 
-    def _mode(self, layer: int, mask) -> str:
+    def _mode(self, layer: int, mask, refused: str | None) -> str:
         run, config = self.run, self.run.config
         if mask is not None:
             run.note_once("mask", f"{config.family.name}: an attention mask is set on self-attention; "
                           "those calls stay dense")
+            return DENSE
+        if refused is not None:
+            run.note_once(f"refused-{refused}", f"{config.family.name}: the attention call has {refused}; "
+                          "those calls stay dense")
+            return DENSE
+        if layer in run.failed_layers:
             return DENSE
         if run.mode != DENSE and (layer in config.dense_layers or (config.dense_ends and (
                 layer == 0 or (run.layers_per_forward is not None and layer == run.layers_per_forward - 1)))):
             return DENSE
         return run.mode
 
+    @staticmethod
+    def _refused(q, k, v, heads: int, skip_reshape: bool, extra: dict) -> str | None:
+        """What of this call the pack does not do as ComfyUI would (then ComfyUI's attention runs it)."""
+        if skip_reshape:
+            grouped = not (k.dim() == v.dim() == 4 and k.shape[1] == v.shape[1] == q.shape[1])
+        else:
+            grouped = not (k.shape[-1] == v.shape[-1] == q.shape[-1])
+        if grouped:
+            return "fewer key/value heads than query heads (grouped-query attention)"
+        for name, value in extra.items():
+            if name == "scale":
+                dim = q.shape[-1] if skip_reshape else q.shape[-1] // heads
+                if value is not None and not math.isclose(float(value), dim ** -0.5, rel_tol=1e-6):
+                    return f"a softmax scale ({float(value):g}) other than 1/sqrt(head dim)"
+            elif name != "enable_gqa":          # with equal head counts GQA changes nothing
+                return f"the keyword argument {name!r}"
+        return None
+
     def attend(self, q, k, v, heads: int, mask, skip_reshape: bool, skip_output_reshape: bool,
-               delegate: Callable[[], torch.Tensor]) -> torch.Tensor:
+               delegate: Callable[[], torch.Tensor], extra: dict | None = None) -> torch.Tensor:
+        """One attention call. ``extra``: the call's other keyword arguments (``scale``, ...)."""
         run = self.run
         n_q = q.shape[2] if skip_reshape else q.shape[1]
         n_k = k.shape[2] if skip_reshape else k.shape[1]
@@ -71,7 +97,7 @@ class ForwardContext:
             return delegate()
         layer = self.layer
         self.layer += 1
-        mode = self._mode(layer, mask)
+        mode = self._mode(layer, mask, self._refused(q, k, v, heads, skip_reshape, extra or {}))
         if mode == DENSE:
             run.count(DENSE)
             return delegate()
@@ -100,6 +126,10 @@ class ForwardContext:
                 out = self._capture(layer, qh, kh, vh, sparse_mask)
         except ValueError as error:         # inputs the core does not take (head dim, dtype, ...)
             run.note_once(f"inputs-{error}", f"{config.family.name}: {error}; dense attention for these calls")
+            run.count(DENSE)
+            return delegate()
+        except Exception as error:          # noqa: BLE001 - the one fallback: never end the user's run
+            run.fail_layer(layer, mode, error)
             run.count(DENSE)
             return delegate()
         if skip_output_reshape:

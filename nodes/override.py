@@ -13,6 +13,12 @@ from .config import CONFIG_KEY, FORWARD_KEY, PatchConfig
 from .forward import ForwardContext
 
 _BIND_ORDER = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+# Keyword arguments that say how ComfyUI would run the call, not what it computes: the pack's call
+# takes the backend's place. (attn_precision asks for fp32 softmax where a backend would use less;
+# the kernels' softmax is fp32.) Any other keyword reaches ForwardContext.attend, which runs the call
+# only when it knows what the keyword means (scale, enable_gqa) and passes it through otherwise.
+_BACKEND_HINTS = ("transformer_options", "_inside_attn_wrapper", "attn_precision", "low_precision_attention",
+                  "preferred_attention")
 
 
 def _bind(args, kwargs) -> dict:
@@ -42,9 +48,10 @@ def attention_override(func, *args, **kwargs):
     bound = _bind(args, kwargs)
     if not all(isinstance(bound.get(n), torch.Tensor) for n in ("q", "k", "v")) or "heads" not in bound:
         return delegate()
+    extra = {name: value for name, value in kwargs.items() if name not in _BIND_ORDER and name not in _BACKEND_HINTS}
     return context.attend(bound["q"], bound["k"], bound["v"], int(bound["heads"]), bound.get("mask"),
                           bool(bound.get("skip_reshape", False)), bool(bound.get("skip_output_reshape", False)),
-                          delegate)
+                          delegate, extra)
 
 
 def existing_override(model_patcher):

@@ -64,6 +64,8 @@ class RunState:
         self.layers_per_forward = None
         self.counts: dict[int, dict[str, int]] = {}
         self.notes: set[str] = set()
+        self.failed_layers: set[int] = set()
+        self.failures: list[str] = []
         self.finished = False
         self.grid = None
 
@@ -92,6 +94,20 @@ class RunState:
         if key not in self.notes:
             self.notes.add(key)
             log.warning("Re-ttention: %s", message)
+
+    def fail_layer(self, layer: int, mode: str, error: BaseException) -> None:
+        """An attention call of ``layer`` raised: that call is dense, and after a failed capture the
+        layer is dense for the rest of the run (its stats are dropped, so none half-written is used)."""
+        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        self.failures.append(f"layer {layer} step {self.step} {mode}: {cause}")
+        if mode == SPARSE:
+            self.note_once(f"failed-{cause}", f"a sparse attention call failed ({cause}); dense attention "
+                           "for that call")
+            return
+        self.failed_layers.add(layer)
+        self.store.drop(layer)
+        self.note_once(f"failed-{cause}", f"a capture failed ({cause}); layer {layer} (and any other layer "
+                       "that fails so) stays dense for the rest of this run")
 
     def mask_for(self, layout, density: float, kind: str) -> SparseMask:
         key = (layout, density, kind)
@@ -128,6 +144,8 @@ class RunState:
                        "requested_density": density, "density": mask.density}
                       for (layout, density, kind), mask in self.masks.items()],
             "calibration_file": self.config.calibrate_path if self.calibrating else None,
+            "failures": list(self.failures),
+            "failed_layers": sorted(self.failed_layers),
             "finished": self.finished,
         }
 

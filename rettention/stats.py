@@ -90,6 +90,11 @@ class StatsStore:
                 mask=parts[0].mask, weight=parts[0].weight)
         return stats if stats.matches(q, mask) else None
 
+    def drop(self, layer: Hashable) -> None:
+        """Forget everything held for ``layer``."""
+        for entry in self._layers.pop(layer, []):
+            self.nbytes -= entry.stats.nbytes
+
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._layers.values())
 

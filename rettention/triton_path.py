@@ -150,11 +150,19 @@ def capture_design() -> str | None:
     return design if design in CAPTURE_DESIGNS else None
 
 
+def _readable(*tensors):
+    """The kernels read rows along the head dim (tensor descriptors want it innermost); a tensor whose
+    head dim is strided (a transpose of D) is copied, which costs one pass over it, far less than the
+    attention that reads it."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
 def full_with_stats(q, k, v, mask: SparseMask, weight: WeightRule, residual_dtype: torch.dtype,
                     design: str | None = None):
     """A capture step: dense output, rho and R_w (see the module docstring)."""
     if q.dtype not in KERNEL_DTYPES:
         return torch_path.full_with_stats(q, k, v, mask, weight, residual_dtype)
+    q, k, v = _readable(q, k, v)
     batch, heads, n, _ = q.shape
     plan = _plan(mask, q.device)
     w0 = _w0_argument(weight, heads, q.device)
@@ -187,6 +195,7 @@ def sparse_with_stats(q, k, v, stats: AttentionStats, steps_since_capture: int):
     """A sparse step: w * O_window + R_w in one kernel (w computed here, (B,H,N), no copy for w = rho)."""
     if q.dtype not in KERNEL_DTYPES:
         return torch_path.sparse_with_stats(q, k, v, stats, steps_since_capture)
+    q, k, v = _readable(q, k, v)
     mask = stats.mask
     plan = _plan(mask, q.device)
     w = stats.weight.weight(stats.rho, steps_since_capture, slice(None))

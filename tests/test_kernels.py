@@ -218,3 +218,33 @@ def test_stream_floor_adds_its_inputs():
     assert float((out.double() - expect).abs().max()) < 0.06 * float(expect.abs().max())
     with pytest.raises(ValueError):
         stream_floor(ts[0], ts[1], ts[2], ts[3].transpose(2, 3).contiguous().transpose(2, 3), out)
+
+
+@pytest.mark.parametrize("design", ["split", "fused"])
+def test_a_head_dim_that_is_not_innermost_is_read(design):
+    """q, k, v made by a transpose of D (stride(-1) = N), the layout that made both capture designs
+    fail on the H200: the glue copies them once and the result is the reference's."""
+    mask = SparseMask(TokenLayout(grid=(1, 5, 9), text_before=3), 0.3, "band", block_size=16)
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 64, mask.n_tokens, generator=g).to(torch.bfloat16).transpose(-1, -2)
+               for _ in range(3))
+    assert q.stride(-1) == mask.n_tokens
+    out, stats = triton_path.full_with_stats(q, k, v, mask, UnitWeight(), q.dtype, design=design)
+    ref, _, ref_w, _ = reference(q, k, v, mask)
+    assert rel(out, ref) < tol(q.dtype)
+    sparse = triton_path.sparse_with_stats(q, k, v, stats, 1)
+    assert rel(sparse, ref_w + stats.residual.double()) < tol(q.dtype)
+
+
+def test_the_tuner_says_what_failed_for_each_candidate(monkeypatch):
+    from kernels import _tuning
+
+    def fails(fn):
+        raise ValueError("out of shared memory")
+
+    monkeypatch.setattr(_tuning, "INTERPRET", False)
+    monkeypatch.setattr(_tuning, "_timer", fails)
+    with pytest.raises(RuntimeError, match=r"no launch configuration works for \('test', 1\); "
+                                           r"A: ValueError: out of shared memory; B: ValueError: out of shared"):
+        _tuning.choose(("test", 1), ["A", "B"], lambda config: None)
+    assert ("test", 1) not in _tuning.cached_choices()

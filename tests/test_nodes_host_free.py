@@ -161,3 +161,91 @@ def test_the_override_chains_and_leaves_calls_outside_a_forward_alone():
     assert override.attention_override(comfy_attention, 1, 2, 3, 4, transformer_options=options) == "out"
     assert override.attention_override(comfy_attention, 1, 2, 3, 4) == "out"
     assert seen == ["previous", "comfy", "comfy"]
+
+
+def steps_of(run, sigmas, grid, heads, dim, calls_per_step, seed=5):
+    """Run every step of ``run``'s plan with ``calls_per_step`` self-attention layers; returns the
+    outputs per (step, layer) and the ComfyUI calls per step."""
+    n = math.prod(grid)
+    q, k, v = qkv(1, n, heads, dim, seed)
+    outs, comfy = {}, {}
+    for step, sigma in enumerate(sigmas[:-1].tolist()):
+        run.begin_evaluation(sigma)
+        context = forward.ForwardContext(run, [grid], None, None, None)
+        for layer in range(calls_per_step):
+            drift = 0.02 * step + 0.1 * layer
+            outs[step, layer], calls = call(context, q + drift, k + drift, v + drift, heads)
+            comfy[step] = comfy.get(step, 0) + len(calls)
+    return outs, comfy
+
+
+def test_a_failed_capture_leaves_that_layer_dense_for_the_rest_of_the_run(monkeypatch, caplog):
+    run, sigmas = make_run(steps=8, density=0.25, mask_kind="band")
+    plan = run.plan.summary()                                               # DDCSSSSD
+    real = forward.attend_full
+    captures = []
+
+    def capture_out_of_memory(q, k, v, mask, **kw):
+        captures.append(1)
+        if len(captures) == 2:                                              # layer 1 at the capture step
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(forward, "attend_full", capture_out_of_memory)
+    outs, comfy = steps_of(run, sigmas, (2, 6, 6), 2, 64, calls_per_step=2)
+    report = run.close()
+    capture = plan.index("C")
+    assert report["failed_layers"] == [1] and len(report["failures"]) == 1
+    assert "OutOfMemoryError" in report["failures"][0] and f"step {capture}" in report["failures"][0]
+    for step, mode in enumerate(plan):                                      # layer 0 as planned, layer 1 dense
+        expected = {"D": {DENSE: 2}, "C": {CAPTURE: 1, DENSE: 1}, "S": {SPARSE: 1, DENSE: 1}}[mode]
+        assert report["counts"][step] == expected, (step, report["counts"][step])
+        assert comfy[step] == (2 if mode == "D" else 1)
+    assert sum("a capture failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_failed_sparse_call_is_dense_and_the_next_one_sparse_again(monkeypatch):
+    run, sigmas = make_run(steps=8, density=0.25, mask_kind="band")
+    plan = run.plan.summary()
+    real = forward.attend_sparse
+    first_sparse = plan.index("S")
+
+    def flaky(*args, **kw):
+        if run.step == first_sparse:
+            raise RuntimeError("an illegal memory access was encountered")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(forward, "attend_sparse", flaky)
+    steps_of(run, sigmas, (2, 6, 6), 2, 64, calls_per_step=1)
+    report = run.close()
+    assert report["counts"][first_sparse] == {DENSE: 1} and report["failed_layers"] == []
+    assert all(report["counts"][s] == {SPARSE: 1} for s, m in enumerate(plan) if m == "S" and s != first_sparse)
+
+
+@pytest.mark.parametrize("keywords, heads_kv, handled", [
+    ({"scale": 64 ** -0.5}, 2, True),                       # the default scale, said out loud
+    ({"scale": 0.2}, 2, False),                             # another scale: ComfyUI's attention
+    ({"enable_gqa": True}, 2, True),                        # GQA with equal head counts changes nothing
+    ({"enable_gqa": True}, 1, False),                       # fewer k/v heads: ComfyUI's attention
+    ({"low_precision_attention": False, "attn_precision": torch.float32}, 2, True),   # backend hints
+    ({"a_new_keyword": 1}, 2, False),                       # unknown: ComfyUI's attention
+])
+def test_every_keyword_is_honoured_or_the_call_passed_through(keywords, heads_kv, handled):
+    run, sigmas = make_run(steps=8, density=0.25)
+    run.begin_evaluation(sigmas[2].item())
+    context = forward.ForwardContext(run, [(1, 8, 8)], None, None, None)
+    q = qkv(1, 64, 2, 64, seed=6)[0]
+    k, v = (t[..., : 64 * heads_kv] for t in qkv(1, 64, 2, 64, seed=7)[1:])
+    seen = []
+
+    def comfy_attention(q, k, v, heads, **rest):
+        seen.append(rest)
+        return torch.zeros_like(q)
+
+    options = {CONFIG_KEY: run.config, FORWARD_KEY: context}
+    out = override.attention_override(comfy_attention, q, k, v, 2, transformer_options=options, **keywords)
+    assert (seen == []) == handled
+    if handled:
+        assert rel_l2(out, sdpa(q, k, v, 2)) < 1e-5 and run.counts[2] == {CAPTURE: 1}
+    else:
+        assert all(seen[0][name] is value for name, value in keywords.items()) and run.counts[2] == {DENSE: 1}

@@ -102,12 +102,12 @@ def test_joint_and_reference_layouts(comfy_env, monkeypatch, name):
     seen = []
     attend = forward.ForwardContext.attend
 
-    def spy(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate):
+    def spy(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate, extra=None):
         n_q, n_k = (q.shape[2], k.shape[2]) if skip_reshape else (q.shape[1], k.shape[1])
         layout = self.layout(n_q) if n_q == n_k else None
         seen.append((n_q, n_k, mask is not None,
                      None if layout is None else (layout.grid, layout.text_before, layout.text_after)))
-        return attend(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate)
+        return attend(self, q, k, v, heads, mask, skip_reshape, skip_output_reshape, delegate, extra)
 
     monkeypatch.setattr(forward.ForwardContext, "attend", spy)
     patched = patch(comfy_env, build(name)[0])
