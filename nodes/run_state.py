@@ -66,6 +66,7 @@ class RunState:
         self.notes: set[str] = set()
         self.failed_layers: set[int] = set()
         self.failures: list[str] = []
+        self.override_replaced = False
         self.finished = False
         self.grid = None
 
@@ -167,6 +168,9 @@ class RunState:
         report["calibration_written"] = written
         sparse = sum(c.get(SPARSE, 0) for c in self.counts.values())
         capture = sum(c.get(CAPTURE, 0) for c in self.counts.values())
+        if self.override_replaced and not self.counts:
+            log.warning("Re-ttention: this run was not patched: a node after Re-ttention Patch Model replaced its "
+                        "attention override (ComfyUI's Model Attention Backend does); put Patch Model after it")
         log.info("Re-ttention: %s run %s, %d capture / %d sparse attention calls, peak stats %.1f MiB",
                  self.config.family.name, self.plan.summary(), capture, sparse, report["peak_bytes"] / 2**20)
         self.recorder = None

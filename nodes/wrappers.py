@@ -42,6 +42,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             run = RunState(config, model_sampling, sigmas)
             if run.plan.note:
                 log.info("Re-ttention: %s", run.plan.note)
+            # A node after Patch Model may have set its own override: one that chains (calls the one
+            # it found) still reaches the pack's; one that replaces it (ComfyUI's Model Attention
+            # Backend) leaves the run unpatched, said at the end of the run when no call came.
+            run.override_replaced = options.get("optimized_attention_override") is not attention_override
             options[RUN_KEY] = run
         result = executor(*args, **kwargs)
         if run is not None:

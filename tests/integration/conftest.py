@@ -55,4 +55,6 @@ def comfy_env(tmp_path_factory):
 
     stats_dir = str(tmp_path_factory.mktemp("rettention_models"))
     folder_paths.folder_names_and_paths["rettention"] = ([stats_dir], {".safetensors"})
-    return {"nodes": nodes, "pack": pack, "stats_dir": stats_dir}
+    import comfyui_version
+
+    return {"nodes": nodes, "pack": pack, "stats_dir": stats_dir, "version": comfyui_version.__version__}
