@@ -248,3 +248,21 @@ def test_the_tuner_says_what_failed_for_each_candidate(monkeypatch):
                                            r"A: ValueError: out of shared memory; B: ValueError: out of shared"):
         _tuning.choose(("test", 1), ["A", "B"], lambda config: None)
     assert ("test", 1) not in _tuning.cached_choices()
+
+
+def test_fuzz_through_the_kernels_in_the_interpreter():
+    """tests/fuzz.py at small sizes: the Triton path (the kernels under the interpreter), each case within
+    the kernel tolerance of the fp64 reference or refused by the input checks; none raises otherwise."""
+    import fuzz
+
+    def full(q, k, v, mask, weight):
+        return triton_path.full_with_stats(q, k, v, mask, weight, q.dtype)
+
+    def sparse(q, k, v, mask, stats, weight):
+        return triton_path.sparse_with_stats(q, k, v, stats, 1)
+
+    results = fuzz.fuzz(24, 300, torch.device("cpu"), full, sparse, seed=1)
+    outcomes = [outcome for _, outcome, _ in results]
+    assert outcomes.count("ok") >= 18
+    assert all(o == "ok" or o.startswith("fallback: head dim") for o in outcomes), outcomes
+    assert {case.storage for case, o, _ in results if o == "ok"} == set(fuzz.STORAGES)
