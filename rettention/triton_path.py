@@ -150,11 +150,20 @@ def capture_design() -> str | None:
     return design if design in CAPTURE_DESIGNS else None
 
 
+def _rows_readable(t: torch.Tensor) -> bool:
+    """What a tensor descriptor reads as it is: unit stride along D, a 16-byte aligned base and every
+    other stride a whole number of 16 bytes (also those of size-1 dimensions, which ``is_contiguous``
+    ignores: a (B, H, D, 1) tensor transposed to (B, H, 1, D) passes it with a row stride of 1)."""
+    size = t.element_size()
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
+
+
 def _readable(*tensors):
-    """The kernels read rows along the head dim (tensor descriptors want it innermost); a tensor whose
-    head dim is strided (a transpose of D) is copied, which costs one pass over it, far less than the
-    attention that reads it."""
-    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+    """q, k, v as the kernels read them: one that a descriptor cannot read as it is (a transpose of D,
+    odd strides) is copied once to plain strides, which costs one pass over it, far less than the
+    attention that reads it; the outputs, made like q, are then plain too."""
+    return tuple(t if _rows_readable(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                 for t in tensors)
 
 
 def full_with_stats(q, k, v, mask: SparseMask, weight: WeightRule, residual_dtype: torch.dtype,
