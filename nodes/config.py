@@ -38,6 +38,10 @@ class PatchConfig:
     dense_layers: frozenset = frozenset()
     chained_override: Callable | None = None
     module_paths: tuple[str, ...] = ()
+    node_id: str | None = None      # the Patch Model node's id, for the run report in the front end
+    # Where the kernels cannot run (no CUDA GPU, old triton), attention stays dense unless this asks
+    # for the PyTorch path instead (slower than dense; for tests and debugging: RETTENTION_TORCH_PATH=1).
+    torch_path: bool = False
     # calibration runs (Calibrate Stats): dense output, recorded stats written to calibrate_path
     calibrate_path: str | None = None
     calibrate_ramp: float = 0.04

@@ -72,8 +72,9 @@ class ForwardContext:
         """What of this call the pack does not do as ComfyUI would (then ComfyUI's attention runs it)."""
         if skip_reshape:
             grouped = not (k.dim() == v.dim() == 4 and k.shape[1] == v.shape[1] == q.shape[1])
-        else:
-            grouped = not (k.shape[-1] == v.shape[-1] == q.shape[-1])
+        else:           # (B, N, H*D), or any layout with H*D values a token (SD3 passes v as (B, N, H, D))
+            width = [t.numel() // max(1, t.shape[0] * t.shape[1]) for t in (q, k, v)]
+            grouped = not width[0] == width[1] == width[2]
         if grouped:
             return "fewer key/value heads than query heads (grouped-query attention)"
         for name, value in extra.items():
@@ -100,13 +101,14 @@ class ForwardContext:
         mode = self._mode(layer, mask, self._refused(q, k, v, heads, skip_reshape, extra or {}))
         if mode == DENSE:
             run.count(DENSE)
-            return delegate()
-        if q.is_cuda:
+            return run.times.timed(DENSE, n_q, q.device, delegate)
+        if not run.config.torch_path:
             problem = kernels_unavailable(q.device)
-            if problem:                 # the PyTorch path would be slower than dense attention on a GPU
-                run.note_once("kernels", f"{problem}; dense attention (needs triton >= 3.4 and torch >= 2.8)")
+            if problem:                 # the PyTorch path would be slower than ComfyUI's dense attention
+                run.note_once("kernels", f"{problem}; dense attention (the kernels need an NVIDIA GPU of compute "
+                              "capability 8.0+, triton >= 3.4 and torch >= 2.8)")
                 run.count(DENSE)
-                return delegate()
+                return run.times.timed(DENSE, n_q, q.device, delegate)
 
         batch = q.shape[0]
         if skip_reshape:
@@ -120,10 +122,9 @@ class ForwardContext:
             sparse_mask = run.mask_for(layout, run.density, kind)
             if run.calibrating:
                 out = self._calibrate(layer, qh, kh, vh, sparse_mask)
-            elif mode == SPARSE:
-                out = self._sparse(layer, qh, kh, vh, sparse_mask)
             else:
-                out = self._capture(layer, qh, kh, vh, sparse_mask)
+                step = self._sparse if mode == SPARSE else self._capture
+                out = run.times.timed(mode, n_q, q.device, lambda: step(layer, qh, kh, vh, sparse_mask))
         except ValueError as error:         # inputs the core does not take (head dim, dtype, ...)
             run.note_once(f"inputs-{error}", f"{config.family.name}: {error}; dense attention for these calls")
             run.count(DENSE)

@@ -44,3 +44,18 @@ def load_stats(name: str, input_name: str) -> CalibrationData:
         return load_stats_file(path)
     except StatsFileError as error:
         raise ValueError(f"{input_name}: {error}") from None
+
+
+def stats_fingerprint(name: str) -> tuple:
+    """What changes when the stats file ``name`` is written again (its size and modification time), so
+    that ComfyUI runs the nodes that read it again instead of reusing their cached output."""
+    import folder_paths
+
+    if not name or name == NONE:
+        return (NONE,)
+    stats_folder()
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None or not os.path.isfile(path):
+        return (name, None)
+    info = os.stat(path)
+    return (name, info.st_size, info.st_mtime_ns)

@@ -10,46 +10,26 @@ import torch
 from comfy_api.latest import io
 
 from .. import rettention
-from ..rettention import MASK_KINDS, CalibratedWeight, Schedule, weight_rule
+from ..rettention import MASK_KINDS, CalibratedWeight, Schedule
 from ..rettention.calibration import CalibrationData
-from ..rettention.weights import WEIGHT_RULES
 from .config import RESIDUAL_DTYPES, PatchConfig
 from .families import family_of
-from .model_folders import NONE, load_stats, stats_files, stats_folder
+from .inputs import WEIGHT_CHOICES, check_unit, schedule_from_widgets
+from .model_folders import NONE, load_stats, stats_files, stats_fingerprint, stats_folder
 from .module_forwards import module_paths
 from .override import existing_override
 from .wrappers import install
 
 log = logging.getLogger("rettention")
 
+
+def torch_path_asked() -> bool:
+    """RETTENTION_TORCH_PATH=1: run the PyTorch path where the kernels cannot (tests, debugging)."""
+    return os.environ.get("RETTENTION_TORCH_PATH") == "1"
+
 Schedule_ = io.Custom("RETTENTION_SCHEDULE")
 Stats_ = io.Custom("RETTENTION_STATS")
 MASK_CHOICES = ["auto", *MASK_KINDS]
-WEIGHT_CHOICES = list(WEIGHT_RULES)
-
-
-def _check_unit(name: str, value: float, low: float = 0.0, high: float = 1.0, open_low: bool = False) -> float:
-    value = float(value)
-    if not (low < value <= high if open_low else low <= value <= high) or value != value:
-        raise ValueError(f"{name} must be in {'(' if open_low else '['}{low}, {high}], got {value}")
-    return value
-
-
-def parse_density_steps(text: str) -> tuple[tuple[float, float], ...]:
-    """'0.5:0.03, 0.8:0.02' -> ((0.5, 0.03), (0.8, 0.02)): from that progress on, that density."""
-    pairs = []
-    for item in (text or "").replace(";", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            progress, density = (float(part) for part in item.split(":"))
-        except ValueError:
-            raise ValueError(f"density_steps: {item!r} is not 'progress:density' (e.g. '0.5:0.03')") from None
-        _check_unit("density_steps progress", progress)
-        _check_unit("density_steps density", density, open_low=True)
-        pairs.append((progress, density))
-    return tuple(pairs)
 
 
 class SparsitySchedule(io.ComfyNode):
@@ -88,21 +68,8 @@ class SparsitySchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, start_percent, end_percent, capture_every, density_steps, weight, ramp) -> io.NodeOutput:
-        start = _check_unit("start_percent", start_percent)
-        end = _check_unit("end_percent", end_percent)
-        if end < start:
-            raise ValueError(f"end_percent ({end}) must not be below start_percent ({start})")
-        if weight not in WEIGHT_CHOICES:
-            raise ValueError(f"weight must be one of {WEIGHT_CHOICES}, got {weight!r}")
-        rule = (CalibratedWeight(torch.ones(1)) if weight == "calibrated"
-                else weight_rule(weight, ramp=_check_unit("ramp", ramp)) if weight == "rho_ramp"
-                else weight_rule(weight))
-        try:
-            schedule = Schedule(warmup=start, capture_every=int(capture_every), dense_tail=1.0 - end,
-                                density_from=parse_density_steps(density_steps), weight=rule)
-        except ValueError as error:
-            raise ValueError(f"Re-ttention Sparsity Schedule: {error}") from None
-        return io.NodeOutput(schedule)
+        return io.NodeOutput(schedule_from_widgets(start_percent, end_percent, capture_every, density_steps,
+                                                   weight, ramp))
 
 
 class LoadStats(io.ComfyNode):
@@ -117,6 +84,10 @@ class LoadStats(io.ComfyNode):
                                    tooltip="A file in models/rettention written by Calibrate Stats.")],
             outputs=[Stats_.Output(display_name="stats", tooltip="Connect to Re-ttention Patch Model.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, stats_file=NONE, **kwargs):
+        return stats_fingerprint(stats_file)
 
     @classmethod
     def execute(cls, stats_file) -> io.NodeOutput:
@@ -137,7 +108,7 @@ class PatchModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A DiT model (Flux, SD3, Wan, HunyuanVideo, Qwen-Image, PixArt, ...). "
                                                 "Other models pass through unchanged."),
-                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005,
+                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005, round=0.0001,
                                tooltip="Fraction of the attention a sparse step computes (0.03-0.12 typical; "
                                        "1.0 reproduces dense attention)."),
                 io.Combo.Input("mask", options=MASK_CHOICES, default="auto",
@@ -156,17 +127,23 @@ class PatchModel(io.ComfyNode):
                                        "schedule's rule) is above this stay dense."),
                 Schedule_.Input("schedule", optional=True,
                                 tooltip="From Re-ttention Sparsity Schedule; default: 25% dense warm-up, capture every "
-                                        "5 steps, w = rho (calibrated when a stats file is given)."),
+                                        "5 steps, w = 1 (residual sharing; calibrated when a stats file is given)."),
                 Stats_.Input("stats", optional=True,
                              tooltip="From Re-ttention Load Stats (instead of stats_file)."),
             ],
             outputs=[io.Model.Output(tooltip="The patched model.")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, stats_file=NONE, **kwargs):
+        """A stats file written again (Calibrate Stats) makes the node run again."""
+        return stats_fingerprint(stats_file)
 
     @classmethod
     def execute(cls, model, density, mask, residual_dtype, dense_first_last, stats_file, error_threshold,
                 schedule=None, stats=None) -> io.NodeOutput:
-        density = _check_unit("density", density, open_low=True)
+        density = check_unit("density", density, open_low=True)
         if mask not in MASK_CHOICES:
             raise ValueError(f"mask must be one of {MASK_CHOICES}, got {mask!r}")
         if residual_dtype not in RESIDUAL_DTYPES:
@@ -204,7 +181,8 @@ class PatchModel(io.ComfyNode):
         config = PatchConfig(
             family=family, density=density, mask_kind=mask, schedule=schedule, residual_dtype=residual_dtype,
             dense_ends=bool(dense_first_last), calibration=stats, dense_layers=dense_layers,
-            chained_override=existing_override(patched), module_paths=paths)
+            chained_override=existing_override(patched), module_paths=paths,
+            node_id=getattr(getattr(cls, "hidden", None), "unique_id", None), torch_path=torch_path_asked())
         install(patched, config)
         return io.NodeOutput(patched)
 
@@ -223,7 +201,7 @@ class CalibrateStats(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to calibrate (its output is unchanged: attention stays dense)."),
                 io.String.Input("name", default="calibration",
                                 tooltip="File name (without extension) in models/rettention; overwritten each run."),
-                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005,
+                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005, round=0.0001,
                                tooltip="The density to evaluate the weight rules at (use the one you will patch with)."),
                 io.Combo.Input("mask", options=MASK_CHOICES, default="auto",
                                tooltip="The mask to evaluate (use the one you will patch with)."),
@@ -240,7 +218,7 @@ class CalibrateStats(io.ComfyNode):
             name = name[: -len(".safetensors")]
         if not name or os.path.basename(name) != name or name.startswith("."):
             raise ValueError(f"name must be a plain file name, got {name!r}")
-        density = _check_unit("density", density, open_low=True)
+        density = check_unit("density", density, open_low=True)
         if mask not in MASK_CHOICES:
             raise ValueError(f"mask must be one of {MASK_CHOICES}, got {mask!r}")
         family = family_of(model.model)
@@ -253,7 +231,7 @@ class CalibrateStats(io.ComfyNode):
         config = PatchConfig(
             family=family, density=density, mask_kind=mask, chained_override=existing_override(patched),
             module_paths=paths, calibrate_path=os.path.join(stats_folder(), name + ".safetensors"),
-            calibrate_ramp=_check_unit("ramp", ramp), calibrate_metadata=metadata)
+            calibrate_ramp=check_unit("ramp", ramp), calibrate_metadata=metadata, torch_path=torch_path_asked())
         install(patched, config)
         return io.NodeOutput(patched)
 

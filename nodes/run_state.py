@@ -13,6 +13,7 @@ import torch
 from ..rettention import (CAPTURE, DENSE, SPARSE, CalibratedWeight, SparseMask, StatsStore, StepPlan, UnitWeight,
                           WeightRule, block_size_for)
 from ..rettention.calibration import CalibrationRecorder, save_stats_file
+from .call_times import CallTimes
 from .config import PatchConfig
 
 log = logging.getLogger("rettention")
@@ -63,7 +64,9 @@ class RunState:
         self.sigma = None
         self.layers_per_forward = None
         self.counts: dict[int, dict[str, int]] = {}
-        self.notes: set[str] = set()
+        self.notes: dict[str, str] = {}
+        self.times = CallTimes()
+        self.outcome = "failed"          # until the sampler returns ("finished") or the user cancels
         self.failed_layers: set[int] = set()
         self.failures: list[str] = []
         self.override_replaced = False
@@ -93,7 +96,7 @@ class RunState:
 
     def note_once(self, key: str, message: str) -> None:
         if key not in self.notes:
-            self.notes.add(key)
+            self.notes[key] = message
             log.warning("Re-ttention: %s", message)
 
     def fail_layer(self, layer: int, mode: str, error: BaseException) -> None:
@@ -150,6 +153,29 @@ class RunState:
             "finished": self.finished,
         }
 
+    def dense_reasons(self) -> list[str]:
+        """Why calls ran dense beyond the plan's dense steps, in words."""
+        reasons = list(self.notes.values())
+        if self.plan.note:
+            reasons.insert(0, self.plan.note)
+        if self.config.dense_layers:
+            reasons.append(f"{len(self.config.dense_layers)} layer(s) dense by the stats file "
+                           "(recorded error above error_threshold)")
+        return reasons
+
+    def summary(self) -> dict:
+        """The run in a few numbers, for the front end (web_api.send_report) and the log."""
+        calls = {mode: sum(c.get(mode, 0) for c in self.counts.values())
+                 for mode in (CAPTURE, SPARSE, DENSE, "passthrough")}
+        densities = [mask.density for mask in self.masks.values()]
+        saved = self.times.saved_seconds()
+        return {"status": self.outcome, "family": self.config.family.name, "plan": self.plan.summary(),
+                "steps_run": self.step + 1, "calls": calls,
+                "density": sum(densities) / len(densities) if densities else None,
+                "stats_peak_mb": round(self.store.peak_nbytes / 2**20, 2), "stats_device": self.store.device,
+                "saved_seconds": None if saved is None else round(saved, 4),
+                "dense_reasons": self.dense_reasons(), "failures": list(self.failures)}
+
     def close(self) -> dict:
         written = None
         if self.recorder is not None:
@@ -162,16 +188,24 @@ class RunState:
                 save_stats_file(data, self.config.calibrate_path)
                 written = self.config.calibrate_path
                 log.info("Re-ttention: wrote %s (%s)", written, data.summary())
+        summary = self.summary()
         self.store.close()
         report = self.report()
+        report["summary"] = summary
         self.masks.clear()
         report["calibration_written"] = written
-        sparse = sum(c.get(SPARSE, 0) for c in self.counts.values())
-        capture = sum(c.get(CAPTURE, 0) for c in self.counts.values())
+        calls = summary["calls"]
         if self.override_replaced and not self.counts:
             log.warning("Re-ttention: this run was not patched: a node after Re-ttention Patch Model replaced its "
                         "attention override (ComfyUI's Model Attention Backend does); put Patch Model after it")
-        log.info("Re-ttention: %s run %s, %d capture / %d sparse attention calls, peak stats %.1f MiB",
-                 self.config.family.name, self.plan.summary(), capture, sparse, report["peak_bytes"] / 2**20)
+        status = "finished" if self.outcome == "finished" else f"{self.outcome} at step {self.step + 1}"
+        if calls[CAPTURE] + calls[SPARSE] == 0:
+            log.info("Re-ttention: %s run %s, %s: all attention dense (%s)", self.config.family.name,
+                     self.plan.summary(), status, "; ".join(summary["dense_reasons"]) or "no step of the plan "
+                     "was reached or every attention call was dense")
+        else:
+            log.info("Re-ttention: %s run %s, %s: %d capture / %d sparse / %d dense attention calls, peak stats "
+                     "%.1f MiB", self.config.family.name, self.plan.summary(), status, calls[CAPTURE],
+                     calls[SPARSE], calls[DENSE], report["peak_bytes"] / 2**20)
         self.recorder = None
         return report

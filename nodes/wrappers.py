@@ -21,12 +21,14 @@ from .forward import ForwardContext
 from .module_forwards import PatchedForward, patched_forwards
 from .override import attention_override
 from .run_state import RunState
+from .web_api import send_report
 
 log = logging.getLogger("rettention")
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     """Creates the run's state (fresh for every run) and frees it in ``finally``."""
+    import comfy.model_management
     import comfy.model_patcher
 
     guider = executor.class_obj
@@ -50,12 +52,18 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         result = executor(*args, **kwargs)
         if run is not None:
             run.finished = True
+            run.outcome = "finished"
         return result
+    except comfy.model_management.InterruptProcessingException:
+        if run is not None:
+            run.outcome = "cancelled"
+        raise
     finally:
         guider.model_options = original
         if run is not None:
             observer = original.get("transformer_options", {}).get(OBSERVER_KEY)
             report = run.close()
+            send_report(run.config.node_id, report["summary"])
             if callable(observer):
                 observer(report)
 

@@ -57,6 +57,7 @@ class StatsStore:
         self._layers: dict[Hashable, list[_Entry]] = {}
         self.nbytes = 0
         self.peak_nbytes = 0
+        self.device: str | None = None      # where the stats live (the device of the first put)
 
     def put(self, layer: Hashable, chunks: tuple, stats: AttentionStats) -> None:
         """Store ``stats`` of a batch made of ``chunks``; it replaces what held any of them."""
@@ -69,6 +70,7 @@ class StatsStore:
                 kept.append(entry)
         kept.append(_Entry(chunks, stats))
         self._layers[layer] = kept
+        self.device = self.device or str(stats.residual.device)
         self.nbytes += stats.nbytes
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
 

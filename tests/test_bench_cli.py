@@ -27,3 +27,12 @@ def test_e2e_without_comfyui_says_what_is_missing():
     assert result.returncode == 1
     assert "no ComfyUI source tree given (--comfyui PATH or COMFYUI_PATH)" in result.stderr
     assert not any(name in result.stderr for name in ("Traceback", "comfy.model_management"))
+
+
+def test_help_without_comfyui_is_help():
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    result = subprocess.run([sys.executable, os.path.join("nodes", "bench"), "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "End-to-end benchmark" in result.stdout and "--measure-steps" in result.stdout
+    assert "--comfyui PATH" in result.stdout and "Traceback" not in result.stderr

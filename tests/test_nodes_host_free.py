@@ -60,6 +60,7 @@ def make_run(steps=8, shift=1.0, **config):
     sampling = FlowSampling(shift)
     sigmas = torch.tensor([sampling.percent_to_sigma(i / steps) for i in range(steps)] + [0.0])
     family = config.pop("family", families.FAMILIES["WAN21"])
+    config.setdefault("torch_path", True)           # on the CPU: the PyTorch path, not dense attention
     return run_state.RunState(PatchConfig(family=family, **config), sampling, sigmas), sigmas
 
 
@@ -249,3 +250,13 @@ def test_every_keyword_is_honoured_or_the_call_passed_through(keywords, heads_kv
         assert rel_l2(out, sdpa(q, k, v, 2)) < 1e-5 and run.counts[2] == {CAPTURE: 1}
     else:
         assert all(seen[0][name] is value for name, value in keywords.items()) and run.counts[2] == {DENSE: 1}
+
+
+def test_without_the_kernels_or_the_torch_path_attention_stays_dense():
+    run, sigmas = make_run(steps=8, density=0.25, torch_path=False)
+    run.begin_evaluation(sigmas[2].item())
+    context = forward.ForwardContext(run, [(1, 8, 8)], None, None, None)
+    q, k, v = qkv(1, 64, 2, 64, seed=8)
+    out, calls = call(context, q, k, v, 2)
+    assert calls == ["comfy"] and run.counts[2] == {DENSE: 1}
+    assert any("cannot run on cpu" in reason for reason in run.summary()["dense_reasons"])

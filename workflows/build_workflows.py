@@ -14,19 +14,24 @@ OUT_TYPES = {"UNETLoader": ["MODEL"], "DualCLIPLoader": ["CLIP"], "CLIPLoader": 
              "EmptyLatentImage": ["LATENT"], "EmptyHunyuanLatentVideo": ["LATENT"], "KSampler": ["LATENT"],
              "KSamplerAdvanced": ["LATENT"], "VAEDecode": ["IMAGE"], "SaveImage": [], "ModelSamplingSD3": ["MODEL"],
              "RettentionPatchModel": ["MODEL"], "RettentionSparsitySchedule": ["RETTENTION_SCHEDULE"],
-             "RettentionCalibrateStats": ["MODEL"]}
+             "RettentionCalibrateStats": ["MODEL"], "RettentionLoadStats": ["RETTENTION_STATS"], "Note": []}
+# Room the front end's own widgets take below the regular ones (the Re-ttention strip and report).
+EXTRA_HEIGHT = {"RettentionSparsitySchedule": 170, "RettentionPatchModel": 150, "Note": 60, "CLIPTextEncode": 90}
+WIDTH, GAP = 340, 40
 
 
 class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
 
-    def add(self, type_, widgets, **inputs):
+    def add(self, type_, widgets, title=None, **inputs):
         node_id = len(self.nodes) + 1
-        node = {"id": node_id, "type": type_, "pos": [300 * (node_id % 6), 200 * (node_id // 6)], "size": [280, 120],
+        node = {"id": node_id, "type": type_, "pos": [0, 0], "size": [WIDTH, 0],
                 "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [], "properties": {"Node name for S&R": type_},
                 "outputs": [{"name": t, "type": t, "links": [], "slot_index": i} for i, t in enumerate(OUT_TYPES[type_])],
                 "widgets_values": widgets}
+        if title:
+            node["title"] = title
         self.nodes.append(node)
         for name, (source, slot) in inputs.items():
             link_id = len(self.links) + 1
@@ -37,20 +42,41 @@ class Graph:
             self.links.append([link_id, source, slot, node_id, len(node["inputs"]) - 1, kind])
         return node_id
 
+    def layout(self):
+        """Columns by data flow (a node right of every node it reads), stacked top to bottom, each node as
+        tall as its widgets, sockets and the front end's own widget need: nothing overlaps."""
+        column = {}
+        for node in self.nodes:                   # nodes are added after their sources
+            sources = [link[1] for link in self.links if link[3] == node["id"]]
+            column[node["id"]] = 1 + max((column[s] for s in sources), default=-1)
+        tops = {}
+        for node in self.nodes:
+            c = column[node["id"]]
+            sockets = max(len(node["inputs"]), len(node["outputs"]))
+            height = 30 + 22 * sockets + 26 * len(node["widgets_values"]) + EXTRA_HEIGHT.get(node["type"], 0)
+            if node["type"] == "Note":
+                height = 30 + 18 * (len(node["widgets_values"][0]) // 45 + 1) + EXTRA_HEIGHT["Note"]
+            node["pos"] = [40 + c * (WIDTH + GAP), tops.get(c, 40)]
+            node["size"] = [WIDTH, height]
+            tops[c] = tops.get(c, 40) + height + GAP
+
     def dump(self, name):
+        self.layout()
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
         with open(os.path.join(OUT[0], name + ".json"), "w") as f:
             json.dump(data, f, indent=1)
 
 
-def patch(g, model, density=0.0625, mask="auto", stats_file="none", schedule=None):
+def patch(g, model, density=0.0625, mask="auto", stats_file="none", schedule=None, stats=None, title=None):
     extra = {"schedule": (schedule, 0)} if schedule else {}
-    return g.add("RettentionPatchModel", [density, mask, "auto", False, stats_file, 0.05], model=(model, 0), **extra)
+    if stats:
+        extra["stats"] = (stats, 0)
+    return g.add("RettentionPatchModel", [density, mask, "auto", False, stats_file, 0.05], title=title,
+                 model=(model, 0), **extra)
 
 
-def flux(name="rettention_flux_t2i", calibrate=False):
-    g = Graph()
+def flux_inputs(g):
     unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"])
     clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"])
     vae = g.add("VAELoader", ["ae.safetensors"])
@@ -58,17 +84,46 @@ def flux(name="rettention_flux_t2i", calibrate=False):
     neg = g.add("CLIPTextEncode", [""], clip=(clip, 0))
     guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
     latent = g.add("EmptySD3LatentImage", [1024, 1024, 1])
-    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "calibrated" if calibrate else "one", 0.04])
-    if calibrate:
-        calib = g.add("RettentionCalibrateStats", ["flux_calibration", 0.0625, "auto", 0.04], model=(unet, 0))
-        first = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(calib, 0),
-                      positive=(guided, 0), negative=(neg, 0), latent_image=(latent, 0))
-        g.add("SaveImage", ["rettention_calibration"], images=(g.add("VAEDecode", [], samples=(first, 0), vae=(vae, 0)), 0))
-    model = patch(g, unet, stats_file="flux_calibration.safetensors" if calibrate else "none", schedule=schedule)
-    sampled = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(model, 0), positive=(guided, 0),
-                    negative=(neg, 0), latent_image=(latent, 0))
-    g.add("SaveImage", ["rettention_flux"], images=(g.add("VAEDecode", [], samples=(sampled, 0), vae=(vae, 0)), 0))
-    g.dump(name)
+    return unet, vae, guided, neg, latent
+
+
+def flux_sample(g, model, vae, positive, negative, latent, prefix):
+    sampled = g.add("KSampler", [0, "fixed", 20, 1.0, "euler", "simple", 1.0], model=(model, 0),
+                    positive=(positive, 0), negative=(negative, 0), latent_image=(latent, 0))
+    g.add("SaveImage", [prefix], images=(g.add("VAEDecode", [], samples=(sampled, 0), vae=(vae, 0)), 0))
+
+
+def flux():
+    g = Graph()
+    unet, vae, guided, neg, latent = flux_inputs(g)
+    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "one", 0.04])
+    flux_sample(g, patch(g, unet, schedule=schedule), vae, guided, neg, latent, "rettention_flux")
+    g.dump("rettention_flux_t2i")
+
+
+def flux_calibrate():
+    """Step 1 of 2: a dense run that records models/rettention/flux_calibration.safetensors."""
+    g = Graph()
+    g.add("Note", ["Step 1 of 2. Queue this once: it samples with dense attention and writes "
+                   "models/rettention/flux_calibration.safetensors when the run ends. Then open "
+                   "rettention_flux_with_stats (step 2), which reads it."])
+    unet, vae, guided, neg, latent = flux_inputs(g)
+    calib = g.add("RettentionCalibrateStats", ["flux_calibration", 0.0625, "auto", 0.04], model=(unet, 0))
+    flux_sample(g, calib, vae, guided, neg, latent, "rettention_calibration")
+    g.dump("rettention_flux_calibrate")
+
+
+def flux_with_stats():
+    """Step 2 of 2: Patch Model with the calibrated weight and the layers the stats file keeps dense."""
+    g = Graph()
+    g.add("Note", ["Step 2 of 2. Needs models/rettention/flux_calibration.safetensors, written by "
+                   "rettention_flux_calibrate (step 1). Calibrate again and this workflow reads the new file."])
+    unet, vae, guided, neg, latent = flux_inputs(g)
+    stats = g.add("RettentionLoadStats", ["flux_calibration.safetensors"])
+    schedule = g.add("RettentionSparsitySchedule", [0.25, 1.0, 5, "", "calibrated", 0.04])
+    model = patch(g, unet, schedule=schedule, stats=stats)
+    flux_sample(g, model, vae, guided, neg, latent, "rettention_flux_calibrated")
+    g.dump("rettention_flux_with_stats")
 
 
 def wan21():
@@ -96,12 +151,16 @@ def wan22():
     pos = g.add("CLIPTextEncode", ["a paper boat drifting down a rainy street, macro shot"], clip=(clip, 0))
     neg = g.add("CLIPTextEncode", ["blurry, low quality, static"], clip=(clip, 0))
     latent = g.add("EmptyHunyuanLatentVideo", [1280, 704, 81, 1])
-    high_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(high, 0)), mask="local3d")
-    low_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(low, 0)), mask="local3d")
+    high_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(high, 0)), mask="local3d",
+                       title="Re-ttention Patch Model (high-noise expert, steps 0-9)")
+    low_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(low, 0)), mask="local3d",
+                      title="Re-ttention Patch Model (low-noise expert, steps 10-19)")
     first = g.add("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
-                  model=(high_model, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+                  title="KSampler (Advanced): high-noise expert", model=(high_model, 0), positive=(pos, 0),
+                  negative=(neg, 0), latent_image=(latent, 0))
     second = g.add("KSamplerAdvanced", ["disable", 0, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"],
-                   model=(low_model, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(first, 0))
+                   title="KSampler (Advanced): low-noise expert", model=(low_model, 0), positive=(pos, 0),
+                   negative=(neg, 0), latent_image=(first, 0))
     g.add("SaveImage", ["rettention_wan22"], images=(g.add("VAEDecode", [], samples=(second, 0), vae=(vae, 0)), 0))
     g.dump("rettention_wan22_two_expert")
 
@@ -129,4 +188,5 @@ if __name__ == "__main__":
     wan21()
     pixart()
     wan22()
-    flux("rettention_calibrate_then_patch", calibrate=True)
+    flux_calibrate()
+    flux_with_stats()

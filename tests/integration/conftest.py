@@ -18,6 +18,8 @@ import os
 import pytest
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+# ComfyUI runs on the CPU here, where the pack leaves attention dense; the tests run its PyTorch path.
+os.environ["RETTENTION_TORCH_PATH"] = "1"
 SKIP_REASON = None
 if not COMFYUI_PATH:
     SKIP_REASON = "COMFYUI_PATH is not set: integration tests need a real ComfyUI source tree"

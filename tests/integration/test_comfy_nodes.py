@@ -109,3 +109,49 @@ def test_unsupported_head_dim_goes_dense(comfy_env):
                               disable_pbar=True)
     assert torch.equal(out, base)                        # head dim 32: dense everywhere, same result
     assert all("sparse" not in c and "capture" not in c for c in reports[0]["counts"].values())
+
+
+def test_where_the_kernels_cannot_run_attention_stays_dense_and_says_why(comfy_env, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.delenv("RETTENTION_TORCH_PATH")                # ComfyUI on the CPU, as a user would run it
+    patched = patch(comfy_env, build("wan")[0])
+    reports = observe(comfy_env, patched)
+    with caplog.at_level(logging.INFO, logger="rettention"):
+        out = sample(patched, "wan")
+    assert torch.equal(out, baseline("wan"))
+    summary = reports[0]["summary"]
+    assert summary["status"] == "finished" and summary["calls"]["capture"] == summary["calls"]["sparse"] == 0
+    assert any("cannot run on cpu" in reason for reason in summary["dense_reasons"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("cannot run on cpu" in m for m in warnings) == 1                  # one line when it happens
+    assert any("all attention dense (" in r.getMessage() and "cannot run on cpu" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.INFO)            # and the run's summary says why
+
+
+def test_the_run_summary_and_log_say_when_a_run_was_cancelled(comfy_env, caplog):
+    import logging
+
+    import comfy.model_management
+    import comfy.sample
+
+    patched = patch(comfy_env, build("wan")[0])
+    reports = observe(comfy_env, patched)
+    _, shape, pos, neg = build("wan")
+
+    def cancel(step, x0, x, total):
+        if step == 4:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with caplog.at_level(logging.INFO, logger="rettention"), \
+            pytest.raises(comfy.model_management.InterruptProcessingException):
+        comfy.sample.sample(patched, torch.randn(shape), 8, 3.0, "euler", "simple", pos, neg, torch.zeros(shape),
+                            seed=0, disable_pbar=True, callback=cancel)
+    summary = reports[0]["summary"]
+    assert summary["status"] == "cancelled" and summary["calls"]["sparse"] > 0 and summary["stats_peak_mb"] > 0
+    assert summary["saved_seconds"] is not None and summary["density"] > 0
+    assert any("cancelled at step" in r.getMessage() for r in caplog.records)
+    finished = patch(comfy_env, build("wan")[0])
+    reports = observe(comfy_env, finished)
+    sample(finished, "wan")
+    assert reports[0]["summary"]["status"] == "finished" and reports[0]["summary"]["steps_run"] == 8

@@ -18,6 +18,7 @@ WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "stats_file"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 CONTROL = {"fixed", "increment", "decrement", "randomize"}
+FRONT_END_ONLY = {"Note", "MarkdownNote"}          # node types the front end defines (no server class)
 
 
 def _inputs(cls):
@@ -43,7 +44,7 @@ def built_workflows(tmp_path_factory):
 
 
 def test_one_folder_of_workflows():
-    assert len(WORKFLOWS) == 5
+    assert len(WORKFLOWS) == 6
     assert not os.path.exists(os.path.join(REPO, "example_workflows"))
 
 
@@ -53,11 +54,18 @@ def test_workflow_validates(comfy_env, built_workflows, path):
     with open(path) as f:
         workflow = json.load(f)
     by_id = {node["id"]: node for node in workflow["nodes"]}
-    assert "RettentionPatchModel" in {n["type"] for n in workflow["nodes"]}
+    assert {"RettentionPatchModel", "RettentionCalibrateStats"} & {n["type"] for n in workflow["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
         assert by_id[src]["outputs"][src_slot]["type"] == kind
         assert by_id[dst]["inputs"][dst_slot]["link"] == link_id
+    boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in workflow["nodes"]]
+    for i, a in enumerate(boxes):                      # no node hides another's widgets
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     for node in workflow["nodes"]:
+        if node["type"] in FRONT_END_ONLY:
+            continue
         assert node["type"] in mappings, f"{node['type']} is not a registered node"
         cls = mappings[node["type"]]
         linked = {i["name"]: i for i in node["inputs"] if i.get("link") is not None}
