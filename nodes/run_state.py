@@ -70,8 +70,11 @@ class RunState:
         self.failed_layers: set[int] = set()
         self.failures: list[str] = []
         self.override_replaced = False
-        self.finished = False
         self.grid = None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome == "finished"
 
     # --- per evaluation ---------------------------------------------------------------------
     def begin_evaluation(self, sigma: float) -> None:
@@ -198,7 +201,7 @@ class RunState:
         if self.override_replaced and not self.counts:
             log.warning("Re-ttention: this run was not patched: a node after Re-ttention Patch Model replaced its "
                         "attention override (ComfyUI's Model Attention Backend does); put Patch Model after it")
-        status = "finished" if self.outcome == "finished" else f"{self.outcome} at step {self.step + 1}"
+        status = "finished" if self.finished else f"{self.outcome} at step {self.step + 1}"
         if calls[CAPTURE] + calls[SPARSE] == 0:
             log.info("Re-ttention: %s run %s, %s: all attention dense (%s)", self.config.family.name,
                      self.plan.summary(), status, "; ".join(summary["dense_reasons"]) or "no step of the plan "

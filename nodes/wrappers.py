@@ -51,7 +51,6 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             options[RUN_KEY] = run
         result = executor(*args, **kwargs)
         if run is not None:
-            run.finished = True
             run.outcome = "finished"
         return result
     except comfy.model_management.InterruptProcessingException:

@@ -260,3 +260,18 @@ def test_without_the_kernels_or_the_torch_path_attention_stays_dense():
     out, calls = call(context, q, k, v, 2)
     assert calls == ["comfy"] and run.counts[2] == {DENSE: 1}
     assert any("cannot run on cpu" in reason for reason in run.summary()["dense_reasons"])
+
+
+def test_the_plan_route_is_the_planner_for_the_widget_values():
+    from rettention_pack.nodes.web_api import plan_for
+
+    plan = plan_for({"steps": "20", "start_percent": "0.25", "end_percent": "1.0", "capture_every": "5",
+                     "density_steps": "0.5:0.03", "weight": "one", "ramp": "0.04", "density": "0.0625"})
+    assert plan["summary"] == "DDDDDCSSSSCSSSSCSSSS" and plan["full_cost_steps"] == 8 and plan["sparse_steps"] == 12
+    assert plan["densities"][5] == 0.0625 and plan["densities"][10] == 0.03 and plan["densities"][0] is None
+    assert plan_for({"steps": "2"})["note"].startswith("2 step(s) leave no sparse step")
+    for bad, name in (({"start_percent": "2"}, "start_percent"), ({"steps": "0"}, "steps"),
+                      ({"weight": "w"}, "weight"), ({"density_steps": "x"}, "density_steps"),
+                      ({"capture_every": "1"}, "capture_every"), ({"density": "0"}, "density")):
+        with pytest.raises(ValueError, match=name):
+            plan_for(bad)

@@ -482,6 +482,7 @@ function setupPatch(node) {
         rows.hidden = false;
         message.hidden = true;
         root.dataset.report = JSON.stringify(report);
+        root.dataset.reports = String(Number(root.dataset.reports ?? 0) + 1);
     }
 
     addPanel(node, REPORT_WIDGET, root, REPORT_HEIGHT);
