@@ -88,3 +88,32 @@ def test_the_same_model_patched_twice_runs_the_last_patch(comfy_env):
     out = sample(twice, "wan")
     assert {m["requested_density"] for m in reports[0]["masks"]} == {0.25}
     assert torch.equal(out, sample(patch(comfy_env, build("wan")[0], density=0.25), "wan"))
+
+
+def test_attention_tensor_containers_reach_the_pack_as_tensors(comfy_env):
+    """ComfyUI 0.33 may pass q, k, v as single-owner AttentionTensorContainers: an override without a
+    container_function (the pack's) gets the tensors taken out of them, with no copy."""
+    import comfy.ldm.modules.attention as attention
+
+    if not hasattr(attention, "AttentionTensorContainer"):
+        assert comfy_env["version"].startswith("0.3."), "AttentionTensorContainer is in ComfyUI 0.33 and later"
+        return
+    pack = comfy_env["pack"].__name__
+    import importlib
+    config, forward, run_state, override = (importlib.import_module(f"{pack}.nodes.{m}")
+                                            for m in ("config", "forward", "run_state", "override"))
+    families = importlib.import_module(f"{pack}.nodes.families")
+    sampling = build("wan")[0].get_model_object("model_sampling")
+    sigmas = torch.tensor([float(sampling.percent_to_sigma(i / 8)) for i in range(8)] + [0.0])
+    run = run_state.RunState(config.PatchConfig(family=families.FAMILIES["WAN21"], density=0.25, torch_path=True),
+                             sampling, sigmas)
+    run.begin_evaluation(float(sigmas[2]))                               # the capture step
+    context = forward.ForwardContext(run, [(1, 8, 8)], None, None, None)
+    options = {config.CONFIG_KEY: run.config, config.FORWARD_KEY: context,
+               "optimized_attention_override": override.attention_override}
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 64, 128, generator=g) for _ in range(3))
+    containers = [attention.AttentionTensorContainer(t) for t in (q, k, v)]
+    out = attention.optimized_attention(*containers, 2, transformer_options=options)
+    assert run.counts[2] == {"capture": 1} and all(c.tensor is None for c in containers)
+    assert close(out, attention.attention_pytorch(q, k, v, 2), 1e-5)
