@@ -108,7 +108,7 @@ class PatchModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A DiT model (Flux, SD3, Wan, HunyuanVideo, Qwen-Image, PixArt, ...). "
                                                 "Other models pass through unchanged."),
-                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005, round=0.0001,
+                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.0005,
                                tooltip="Fraction of the attention a sparse step computes (0.03-0.12 typical; "
                                        "1.0 reproduces dense attention)."),
                 io.Combo.Input("mask", options=MASK_CHOICES, default="auto",
@@ -201,7 +201,7 @@ class CalibrateStats(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to calibrate (its output is unchanged: attention stays dense)."),
                 io.String.Input("name", default="calibration",
                                 tooltip="File name (without extension) in models/rettention; overwritten each run."),
-                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.005, round=0.0001,
+                io.Float.Input("density", default=0.0625, min=0.005, max=1.0, step=0.0005,
                                tooltip="The density to evaluate the weight rules at (use the one you will patch with)."),
                 io.Combo.Input("mask", options=MASK_CHOICES, default="auto",
                                tooltip="The mask to evaluate (use the one you will patch with)."),

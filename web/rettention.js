@@ -26,7 +26,7 @@ const DEFAULT_DENSITY = 0.0625;
 const DEBOUNCE_MS = 250;
 const PANEL_MARGIN = 6;          // around each panel, inside the node
 const STRIP_HEIGHT = 124;        // the strip's widget height, margins included
-const REPORT_HEIGHT = 138;
+const REPORT_HEIGHT = 148;
 const MIN_WIDTH = 340;           // node width the panels are laid out for (the example workflows' width)
 const MODE_LETTER = { dense: "D", capture: "C", sparse: "S" };
 const LETTER_MODE = { D: "dense", C: "capture", S: "sparse" };
@@ -102,6 +102,7 @@ const STYLE = `
 .rettention-swatch { width: 10px; height: 10px; border-radius: 2px; display: inline-block; }
 .rettention-cells { display: flex; gap: 1px; height: 20px; min-height: 20px; }
 .rettention-cells.rettention-small { height: 13px; min-height: 13px; flex: 1 1 auto; }
+.rettention-cells.rettention-small .rettention-cell { font-size: 9px; }
 .rettention-cell {
     flex: 1 1 0; min-width: 1px; border-radius: 2px; display: flex; align-items: center;
     justify-content: center; font-weight: 600; font-size: 10px; overflow: hidden; cursor: default;
@@ -121,16 +122,23 @@ const STYLE = `
 .rettention-summary { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .rettention-message { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; opacity: 0.8; font-style: italic; }
 .rettention-message[data-kind="error"] { color: #fca5a5; opacity: 1; }
-.rettention-report-head { display: flex; align-items: center; gap: 6px; white-space: nowrap; }
-.rettention-badge { padding: 0 6px; border-radius: 8px; font-weight: 600; background: #475569; color: #f8fafc; }
+.rettention-report { line-height: 1.3; }
+.rettention-report-head { display: flex; align-items: center; gap: 6px; white-space: nowrap; min-height: 16px; }
+.rettention-report-head .rettention-cells { min-width: 24px; }
+.rettention-badge { padding: 0 6px; border-radius: 8px; font-weight: 600; line-height: 15px; background: #475569; color: #f8fafc; flex: none; }
+.rettention-family { flex: none; opacity: 0.85; }
 .rettention-report[data-status="finished"] .rettention-badge { background: #15803d; }
 .rettention-report[data-status="cancelled"] .rettention-badge { background: #b45309; }
 .rettention-report[data-status="failed"] .rettention-badge { background: #b91c1c; }
-.rettention-report-time { margin-left: auto; opacity: 0.6; }
+.rettention-report-time { margin-left: auto; opacity: 0.6; flex: none; }
 .rettention-report-rows { display: grid; grid-template-columns: max-content minmax(0, 1fr); column-gap: 8px; row-gap: 1px; }
 .rettention-report-rows .rettention-key { opacity: 0.7; white-space: nowrap; }
 .rettention-report-rows .rettention-value { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
 .rettention-report-rows .rettention-value[data-key="plan"] { display: flex; align-items: center; }
+.rettention-report-rows .rettention-value[data-key="calls"], .rettention-report-rows .rettention-value[data-key="dense_reasons"] {
+    white-space: normal; overflow-wrap: anywhere; display: -webkit-box; -webkit-box-orient: vertical;
+    -webkit-line-clamp: 2; line-clamp: 2; height: 2.6em;
+}
 `;
 
 function injectStyle() {
@@ -179,7 +187,7 @@ function addPanel(node, name, element, height) {
     widget.serialize = false;
     widget.serializeValue = () => undefined;
     widenNode(node);
-    // keep canvas gestures (wheel zoom, right click) working over the panel, except inside inputs
+    // the mouse wheel zooms the canvas over the panel as it does elsewhere (not over its inputs)
     element.addEventListener("wheel", (event) => guard("wheel", () => {
         if (event.target instanceof HTMLInputElement) return;
         app.canvas?.processMouseWheel?.(event);
@@ -189,9 +197,9 @@ function addPanel(node, name, element, height) {
 
 // ---------------------------------------------------------------------------------------------
 // Mode cells (shared by the schedule strip and the report).
-function fillCells(container, modes, densities) {
+function fillCells(container, modes, densities, lettersUpTo = 40) {
     container.replaceChildren();
-    container.classList.toggle("rettention-many", modes.length > 40);
+    container.classList.toggle("rettention-many", modes.length > lettersUpTo);
     modes.forEach((mode, i) => {
         const known = mode in MODE_LETTER ? mode : "unknown";
         const cell = el("div", "rettention-cell", MODE_LETTER[mode] ?? "?");
@@ -217,7 +225,8 @@ function fillDensities(container, modes, densities) {
         const segment = el("div", "rettention-segment", label);
         segment.style.flexGrow = String(i - start);
         segment.dataset.sparse = typeof density === "number" ? "1" : "0";
-        segment.title = `steps ${start + 1}-${i}: ${typeof density === "number" ? `density ${label}` : "full attention"}`;
+        const span = i - start === 1 ? `step ${i}` : `steps ${start + 1}-${i}`;
+        segment.title = `${span}: ${typeof density === "number" ? `density ${label}` : "full attention"}`;
         container.appendChild(segment);
         start = i;
     }
@@ -424,7 +433,8 @@ function describePeak(report) {
 
 function describeSaved(seconds) {
     if (typeof seconds !== "number" || !isFinite(seconds)) return "not measured";
-    return `${Math.abs(seconds) >= 10 ? seconds.toFixed(1) : seconds.toFixed(2)} s`;
+    const text = `${Math.abs(seconds) >= 10 ? seconds.toFixed(1) : seconds.toFixed(2)} s`;
+    return seconds < 0 ? `${text} (slower than dense)` : text;
 }
 
 function setupPatch(node) {
@@ -435,20 +445,26 @@ function setupPatch(node) {
     const head = el("div", "rettention-report-head");
     const badge = el("span", "rettention-badge", "no run yet");
     const family = el("span", "rettention-family");
+    const cells = el("div", "rettention-cells rettention-small");
     const time = el("span", "rettention-report-time");
-    head.append(badge, family, time);
+    head.append(badge, family, cells, time);
+    cells.hidden = true;
     const rows = el("div", "rettention-report-rows");
     const message = el("div", "rettention-message", "Queue the workflow: the report of its last run shows here.");
     const values = {};
-    for (const [key, label] of [["plan", "plan"], ["calls", "attention calls"], ["density", "achieved density"],
-        ["stats", "stats peak"], ["saved", "attention time saved"], ["dense_reasons", "dense because"]]) {
+    for (const [key, label, long] of [
+        ["calls", "calls", "attention calls of the run, by how the pack ran them"],
+        ["density", "achieved density", "the fraction of the attention the sparse steps computed"],
+        ["stats", "stats peak", "the most memory the cached statistics held, and where"],
+        ["saved", "time saved", "attention time saved against dense attention"],
+        ["dense_reasons", "dense because", "why attention ran dense beyond the plan's dense steps"]]) {
+        const name = el("span", "rettention-key", label);
+        name.title = long;
         const value = el("span", "rettention-value");
         value.dataset.key = key;
-        rows.append(el("span", "rettention-key", label), value);
+        rows.append(name, value);
         values[key] = value;
     }
-    const cells = el("div", "rettention-cells rettention-small");
-    values.plan.appendChild(cells);
     root.append(head, rows, message);
     rows.hidden = true;
 
@@ -460,18 +476,18 @@ function setupPatch(node) {
     function showReport(report) {
         if (!report || typeof report !== "object") return;
         const status = String(report.status ?? "unknown");
-        root.dataset.status = status;
-        badge.textContent = status === "finished" ? "finished" : status === "cancelled" ? "run cancelled"
-            : status === "failed" ? "run failed" : status;
-        family.textContent = report.family ? String(report.family) : "";
-        const stepsRun = Number.isFinite(report.steps_run) ? report.steps_run : null;
-        const planned = String(report.plan ?? "").length;
-        time.textContent = (status !== "finished" && stepsRun !== null ? `at step ${stepsRun}${planned ? ` of ${planned}` : ""} · ` : "")
-            + new Date().toLocaleTimeString();
         const plan = String(report.plan ?? "");
-        fillCells(cells, plan.split("").map((c) => LETTER_MODE[c] ?? "unknown"), null);
-        values.plan.title = plan ? `${plan} (${plural(plan.length, "step")})` : "no plan";
-        values.plan.dataset.plan = plan;
+        const stepsRun = Number.isFinite(report.steps_run) ? report.steps_run : null;
+        const where = stepsRun !== null ? ` at step ${stepsRun}${plan ? ` of ${plan.length}` : ""}` : "";
+        root.dataset.status = status;
+        badge.textContent = status === "finished" ? "finished" : status === "cancelled" ? `cancelled${where}`
+            : status === "failed" ? `failed${where}` : status;
+        family.textContent = report.family ? String(report.family) : "";
+        time.textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+        time.title = `report received ${new Date().toLocaleString()}`;
+        fillCells(cells, plan.split("").map((c) => LETTER_MODE[c] ?? "unknown"), null, 12);
+        cells.title = plan ? `plan: ${plan} (${plural(plan.length, "step")}: D dense, C capture, S sparse)` : "";
+        cells.dataset.plan = plan;
         cells.hidden = plan.length === 0;
         set("calls", describeCalls(report.calls));
         set("density", percent(report.density));

@@ -15,8 +15,10 @@ OUT_TYPES = {"UNETLoader": ["MODEL"], "DualCLIPLoader": ["CLIP"], "CLIPLoader": 
              "KSamplerAdvanced": ["LATENT"], "VAEDecode": ["IMAGE"], "SaveImage": [], "ModelSamplingSD3": ["MODEL"],
              "RettentionPatchModel": ["MODEL"], "RettentionSparsitySchedule": ["RETTENTION_SCHEDULE"],
              "RettentionCalibrateStats": ["MODEL"], "RettentionLoadStats": ["RETTENTION_STATS"], "Note": []}
-# Room the front end's own widgets take below the regular ones (the Re-ttention strip and report).
+# Room the front end's own widgets take below the regular ones (the Re-ttention strip and report), and
+# the least height the front end gives a node (it counts optional inputs too).
 EXTRA_HEIGHT = {"RettentionSparsitySchedule": 170, "RettentionPatchModel": 150, "Note": 60, "CLIPTextEncode": 90}
+MIN_HEIGHT = {"RettentionPatchModel": 380, "RettentionSparsitySchedule": 320}
 WIDTH, GAP = 340, 40
 
 
@@ -56,6 +58,7 @@ class Graph:
             height = 30 + 22 * sockets + 26 * len(node["widgets_values"]) + EXTRA_HEIGHT.get(node["type"], 0)
             if node["type"] == "Note":
                 height = 30 + 18 * (len(node["widgets_values"][0]) // 45 + 1) + EXTRA_HEIGHT["Note"]
+            height = max(height, MIN_HEIGHT.get(node["type"], 0))
             node["pos"] = [40 + c * (WIDTH + GAP), tops.get(c, 40)]
             node["size"] = [WIDTH, height]
             tops[c] = tops.get(c, 40) + height + GAP
@@ -152,14 +155,14 @@ def wan22():
     neg = g.add("CLIPTextEncode", ["blurry, low quality, static"], clip=(clip, 0))
     latent = g.add("EmptyHunyuanLatentVideo", [1280, 704, 81, 1])
     high_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(high, 0)), mask="local3d",
-                       title="Re-ttention Patch Model (high-noise expert, steps 0-9)")
+                       title="Re-ttention Patch (high-noise expert)")
     low_model = patch(g, g.add("ModelSamplingSD3", [8.0], model=(low, 0)), mask="local3d",
-                      title="Re-ttention Patch Model (low-noise expert, steps 10-19)")
+                      title="Re-ttention Patch (low-noise expert)")
     first = g.add("KSamplerAdvanced", ["enable", 0, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
-                  title="KSampler (Advanced): high-noise expert", model=(high_model, 0), positive=(pos, 0),
+                  title="KSampler: high-noise expert", model=(high_model, 0), positive=(pos, 0),
                   negative=(neg, 0), latent_image=(latent, 0))
     second = g.add("KSamplerAdvanced", ["disable", 0, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"],
-                   title="KSampler (Advanced): low-noise expert", model=(low_model, 0), positive=(pos, 0),
+                   title="KSampler: low-noise expert", model=(low_model, 0), positive=(pos, 0),
                    negative=(neg, 0), latent_image=(first, 0))
     g.add("SaveImage", ["rettention_wan22"], images=(g.add("VAEDecode", [], samples=(second, 0), vae=(vae, 0)), 0))
     g.dump("rettention_wan22_two_expert")

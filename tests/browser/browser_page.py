@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 STRIP_WIDGET = "rettention_plan_strip"
 REPORT_WIDGET = "rettention_run_report"
+SCHEDULE_INPUTS = ("start_percent", "end_percent", "capture_every", "density_steps", "weight", "ramp")
 EMPTY_WORKFLOW = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
                   "extra": {}, "version": 0.4}
 # the options both front ends take (1.27: showMissingModelsDialog; 1.49: skipAssetScans, silentAssetErrors):
@@ -130,6 +131,18 @@ class ComfyPage:
     def prompt(self) -> dict:
         return self.eval("return (await app.graphToPrompt()).output;")
 
+    def overlaps(self) -> list[str]:
+        """Pairs of nodes whose boxes (title bar included) overlap, as the graph is laid out now."""
+        return self.eval("""const title = LiteGraph.NODE_TITLE_HEIGHT, nodes = G().nodes;
+            const box = (n) => [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+            const out = [];
+            for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++) {
+                const a = box(nodes[i]), b = box(nodes[j]);
+                const dx = Math.min(a[2], b[2]) - Math.max(a[0], b[0]), dy = Math.min(a[3], b[3]) - Math.max(a[1], b[1]);
+                if (dx > 0.5 && dy > 0.5) out.push(`${nodes[i].id} ${nodes[i].type} [${nodes[i].size.map(Math.round)}] and ${nodes[j].id} ${nodes[j].type} [${nodes[j].size.map(Math.round)}] by ${Math.round(dx)} x ${Math.round(dy)}`);
+            }
+            return out;""")
+
     # --- the view ----------------------------------------------------------------------------
     def focus(self, node: int, scale: float = 1.0) -> None:
         """Show ``node`` in the middle of the canvas at ``scale`` (1 = ComfyUI's 100%)."""
@@ -139,6 +152,19 @@ class ComfyPage:
             ds.offset[0] = width / 2 / arg.scale - (n.pos[0] + n.size[0] / 2);
             ds.offset[1] = height / 2 / arg.scale - (n.pos[1] + n.size[1] / 2);
             c.setDirty(true, true); c.draw(true, true);""", {"node": node, "scale": scale})
+        self.frames()
+
+    def fit_all(self) -> None:
+        """The whole graph in view (at most 100%)."""
+        self.eval("""const nodes = G().nodes; if (!nodes.length) return;
+            const title = LiteGraph.NODE_TITLE_HEIGHT, c = app.canvas, ds = c.ds;
+            const left = Math.min(...nodes.map((n) => n.pos[0])) - 20, top = Math.min(...nodes.map((n) => n.pos[1] - title)) - 20;
+            const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + 20, bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + 20;
+            const width = c.canvas.clientWidth, height = c.canvas.clientHeight;
+            ds.scale = Math.min(1, width / (right - left), height / (bottom - top));
+            ds.offset[0] = (width / ds.scale - (right - left)) / 2 - left;
+            ds.offset[1] = (height / ds.scale - (bottom - top)) / 2 - top;
+            c.setDirty(true, true); c.draw(true, true);""")
         self.frames()
 
     def frames(self, count: int = 3) -> None:
@@ -156,6 +182,9 @@ class ComfyPage:
                          {"node": node, "pad": pad})
 
     def screenshot_node(self, node: int, path: str, pad: int = 8) -> None:
+        """The node alone at 100% zoom: no focus ring, no tooltip of the mouse."""
+        self.page.evaluate("() => document.activeElement?.blur?.()")
+        self.page.mouse.move(1, 1)
         self.focus(node)
         self.page.screenshot(path=path, clip=self.node_box(node, pad))
 
@@ -217,19 +246,22 @@ class ComfyPage:
                          node)
 
     def wait_strip(self, node: int, *fragments: str, timeout_ms: int = 15_000) -> dict:
-        """Wait until the strip shows the answer to its latest request, and that request holds every
-        ``key=value`` fragment given."""
-        self.wait("""const e = N(arg.node).__rettention?.element; if (!e) return false;
+        """Wait until the strip shows the answer to its latest request, that request holds the node's
+        current widget values and every ``key=value`` fragment given."""
+        self.wait("""const n = N(arg.node), e = n.__rettention?.element; if (!e) return false;
             const q = e.dataset.renderedQuery; if (!q || q !== e.dataset.query) return false;
             const params = new URLSearchParams(q);
-            return arg.fragments.every((f) => { const [k, v] = f.split("="); return params.get(k) === v; });""",
-                  {"node": node, "fragments": list(fragments)}, timeout_ms)
+            const current = n.widgets.filter((w) => arg.inputs.includes(w.name)).every((w) => params.get(w.name) === String(w.value));
+            return current && arg.fragments.every((f) => { const [k, v] = f.split("="); return params.get(k) === v; });""",
+                  {"node": node, "fragments": list(fragments), "inputs": list(SCHEDULE_INPUTS)}, timeout_ms)
         return self.strip(node)
 
     def report(self, node: int) -> dict | None:
         return self.eval("""const e = N(arg).__rettention?.element; if (!e) return null;
             const values = {};
-            for (const v of e.querySelectorAll(".rettention-value")) values[v.dataset.key] = v.dataset.key === "plan" ? v.dataset.plan ?? "" : v.textContent;
+            for (const v of e.querySelectorAll(".rettention-value")) values[v.dataset.key] = v.textContent;
+            const cells = e.querySelector(".rettention-cells");
+            values.plan = cells.hidden ? null : cells.dataset.plan ?? null;
             return {status: e.dataset.status, badge: e.querySelector(".rettention-badge").textContent,
                     time: e.querySelector(".rettention-report-time").textContent, values,
                     rowsShown: !e.querySelector(".rettention-report-rows").hidden,

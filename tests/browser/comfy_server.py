@@ -29,6 +29,8 @@ SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Minimap.Visible": False,
     "Comfy.Graph.CanvasInfo": False,
+    "Comfy.NodeBadge.NodeSourceBadgeMode": "None",
+    "Comfy.NodeBadge.NodeIdBadgeMode": "None",
 }
 
 
@@ -38,41 +40,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pinned_frontend(comfyui_path: str) -> str | None:
-    """The comfyui-frontend-package version the ComfyUI tree's requirements.txt pins."""
+FRONTEND_PACKAGES = ("comfyui-frontend-package", "comfyui-workflow-templates", "comfyui-embedded-docs")
+
+
+def pinned_versions(comfyui_path: str) -> dict[str, str]:
+    """The versions of the front-end packages the ComfyUI tree's requirements.txt pins (``==``)."""
     try:
         with open(os.path.join(comfyui_path, "requirements.txt"), encoding="utf-8") as f:
-            match = re.search(r"^comfyui-frontend-package==(\S+)", f.read(), re.M)
+            text = f.read()
     except OSError:
-        return None
-    return match.group(1) if match else None
+        return {}
+    pins = {}
+    for name in FRONTEND_PACKAGES:
+        match = re.search(rf"^{re.escape(name)}==(\S+)", text, re.M)
+        if match:
+            pins[name] = match.group(1)
+    return pins
 
 
-def installed_frontend() -> str | None:
+def installed_version(name: str, site: str | None = None) -> str | None:
+    """The version of ``name`` the server will import: from ``site`` (a folder put first on its
+    sys.path) when that holds it, else the environment's."""
+    wanted = name.replace("-", "_").lower()
+    if site:
+        try:
+            for entry in os.listdir(site):
+                match = re.match(r"(.+)-([^-]+)\.dist-info$", entry)
+                if match and match.group(1).replace("-", "_").lower() == wanted:
+                    return match.group(2)
+        except OSError:
+            pass
     try:
-        return version("comfyui-frontend-package")
+        return version(name)
     except PackageNotFoundError:
         return None
 
 
-def frontend_root_version(root: str) -> str | None:
-    """The version of an unpacked comfyui_frontend_package/static folder (from its dist-info beside it)."""
-    parent = os.path.dirname(os.path.dirname(os.path.abspath(root)))
-    try:
-        for name in os.listdir(parent):
-            match = re.match(r"comfyui_frontend_package-([^-]+)\.dist-info$", name)
-            if match:
-                return match.group(1)
-    except OSError:
-        pass
-    return None
+def frontend_mismatches(comfyui_path: str, site: str | None = None) -> list[str]:
+    """'name: ComfyUI pins X, the server would import Y' for each front-end package the server would
+    import in another version than the ComfyUI tree pins. The front end itself must be there; the
+    templates and the embedded docs may be missing (ComfyUI logs an error and serves none), but another
+    version of them can keep ComfyUI from starting (0.3.64 with 0.33.0's comfyui-workflow-templates)."""
+    out = []
+    for name, pinned in pinned_versions(comfyui_path).items():
+        have = installed_version(name, site)
+        if have != pinned and (have is not None or name == "comfyui-frontend-package"):
+            out.append(f"{name}: ComfyUI pins {pinned}, the server would import {have or 'none'}")
+    return out
 
 
 class ComfyServer:
-    def __init__(self, comfyui_path: str, workdir: str, frontend_root: str | None = None):
+    def __init__(self, comfyui_path: str, workdir: str, frontend_site: str | None = None):
+        """``frontend_site``: a folder put first on the server's sys.path, holding the front-end packages
+        (comfyui-frontend-package, -workflow-templates, -embedded-docs) that the ComfyUI tree pins when
+        the environment has other versions (``pip install --no-deps --target DIR ...``)."""
         self.comfyui_path = os.path.abspath(comfyui_path)
         self.workdir = workdir
-        self.frontend_root = frontend_root
+        self.frontend_site = os.path.abspath(frontend_site) if frontend_site else None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = os.path.join(workdir, "comfy_base")
@@ -98,8 +122,6 @@ class ComfyServer:
         cmd = [sys.executable, os.path.join(HERE, "launch_comfyui.py"), self.comfyui_path,
                "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", self.base,
                "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
-        if self.frontend_root:
-            cmd += ["--front-end-root", self.frontend_root]
         return cmd
 
     def start(self) -> "ComfyServer":
@@ -107,7 +129,10 @@ class ComfyServer:
         env = dict(os.environ)
         env["PYTHONDONTWRITEBYTECODE"] = "1"         # the ComfyUI tree may be read-only
         env["PYTHONUNBUFFERED"] = "1"
+        env["RETTENTION_TORCH_PATH"] = "1"          # the pack's PyTorch path where the kernels cannot run (CPU)
         env.pop("COMFYUI_PATH", None)
+        if self.frontend_site:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.frontend_site, env.get("PYTHONPATH")) if p)
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -12,8 +12,12 @@
   the page makes to anything but the ComfyUI server is aborted.
 - Skipped, with the reason, when ``COMFYUI_PATH`` is unset or not a ComfyUI tree, when playwright is
   not installed or when no Chromium is found (``RETTENTION_CHROMIUM`` names one explicitly).
-- ``COMFYUI_FRONTEND_ROOT``: a front end's ``static`` folder to serve instead of the installed
-  comfyui-frontend-package (``--front-end-root``), e.g. the 1.27.10 that ComfyUI 0.3.64 pins.
+- ``RETTENTION_FRONTEND_SITE``: a folder put first on the server's sys.path that holds the front-end
+  packages the ComfyUI tree pins, when the environment has other versions (one venv for both trees):
+  ComfyUI 0.3.64 pins comfyui-frontend-package 1.27.10 and cannot start with 0.33.0's
+  comfyui-workflow-templates, so
+  ``pip install --no-deps --target DIR comfyui-frontend-package==1.27.10 comfyui-workflow-templates==0.1.95
+  comfyui-embedded-docs==0.2.6``.
 - Artifacts (screenshots, the server log, a screenshot of any failed test) go to
   ``RETTENTION_ARTIFACTS`` (default: a pytest temporary folder); with
   ``RETTENTION_WRITE_DOCS_SCREENSHOTS=1`` the two screenshots are also copied to docs/screenshots/.
@@ -26,11 +30,11 @@ import shutil
 
 import pytest
 
-from comfy_server import REPO, ComfyServer, frontend_root_version, installed_frontend, pinned_frontend
+from comfy_server import REPO, ComfyServer, frontend_mismatches, installed_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-FRONTEND_ROOT = os.environ.get("COMFYUI_FRONTEND_ROOT") or None
+FRONTEND_SITE = os.environ.get("RETTENTION_FRONTEND_SITE") or None
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -60,10 +64,14 @@ def _skip_reason() -> str | None:
         return ("no Chromium found (apt-get install chromium, or RETTENTION_CHROMIUM=/path/to/chromium)"
                 if not os.environ.get("RETTENTION_CHROMIUM") else
                 f"RETTENTION_CHROMIUM={os.environ['RETTENTION_CHROMIUM']} is not an executable")
-    if FRONTEND_ROOT and not os.path.isfile(os.path.join(FRONTEND_ROOT, "index.html")):
-        return f"COMFYUI_FRONTEND_ROOT={FRONTEND_ROOT} is not a front end's static folder (no index.html)"
-    if not FRONTEND_ROOT and installed_frontend() is None:
+    if FRONTEND_SITE and not os.path.isdir(os.path.join(FRONTEND_SITE, "comfyui_frontend_package")):
+        return f"RETTENTION_FRONTEND_SITE={FRONTEND_SITE} holds no comfyui_frontend_package"
+    if installed_version("comfyui-frontend-package", FRONTEND_SITE) is None:
         return "comfyui-frontend-package is not installed (pip install -r $COMFYUI_PATH/requirements.txt)"
+    mismatches = frontend_mismatches(COMFYUI_PATH, FRONTEND_SITE)
+    if mismatches:
+        return ("the front-end packages are not the ones this ComfyUI pins (" + "; ".join(mismatches) + "): "
+                "install them with pip install --no-deps --target DIR ... and set RETTENTION_FRONTEND_SITE=DIR")
     return None
 
 
@@ -71,12 +79,8 @@ SKIP_REASON = _skip_reason()
 
 
 def frontend_description() -> str:
-    pinned = pinned_frontend(COMFYUI_PATH) if COMFYUI_PATH else None
-    if FRONTEND_ROOT:
-        used = f"{frontend_root_version(FRONTEND_ROOT) or 'unknown version'} from {FRONTEND_ROOT}"
-    else:
-        used = f"{installed_frontend()} (installed)"
-    return f"front end {used}" + (f", ComfyUI pins {pinned}" if pinned else "")
+    used = installed_version("comfyui-frontend-package", FRONTEND_SITE)
+    return f"front end {used}" + (f" from {FRONTEND_SITE}" if FRONTEND_SITE else "")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -108,9 +112,12 @@ def artifacts(tmp_path_factory) -> str:
     return folder
 
 
-@pytest.fixture(scope="session")
+# The server, the browser and the page last one test module (not the session): playwright's sync API
+# keeps an asyncio loop running in this thread while it is started, and the integration tests that
+# pytest runs after this folder boot ComfyUI with asyncio.run(), which refuses to run inside one.
+@pytest.fixture(scope="module")
 def comfy_server(tmp_path_factory, artifacts):
-    server = ComfyServer(COMFYUI_PATH, str(tmp_path_factory.mktemp("comfyui_server")), FRONTEND_ROOT)
+    server = ComfyServer(COMFYUI_PATH, str(tmp_path_factory.mktemp("comfyui_server")), FRONTEND_SITE)
     try:
         server.start()
         yield server
@@ -120,7 +127,7 @@ def comfy_server(tmp_path_factory, artifacts):
             shutil.copy(server.log_path, os.path.join(artifacts, "comfyui_server.log"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -132,9 +139,9 @@ def browser():
             chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def comfy_page(browser, comfy_server):
-    """One ComfyUI page for the session (loading it takes seconds); each test starts from an empty graph."""
+    """One ComfyUI page for the module (loading it takes seconds); each test starts from an empty graph."""
     from browser_page import ComfyPage
 
     context = browser.new_context(viewport=VIEWPORT)
