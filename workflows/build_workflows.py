@@ -9,6 +9,10 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = [HERE]
+THUMBNAILS = [True]
+TITLES = {"RettentionPatchModel": "Re-ttention Patch Model", "RettentionSparsitySchedule": "Re-ttention Sparsity Schedule",
+          "RettentionCalibrateStats": "Re-ttention Calibrate Stats", "RettentionLoadStats": "Re-ttention Load Stats",
+          "KSamplerAdvanced": "KSampler (Advanced)", "CLIPTextEncode": "CLIP Text Encode", "UNETLoader": "Load Diffusion Model"}
 OUT_TYPES = {"UNETLoader": ["MODEL"], "DualCLIPLoader": ["CLIP"], "CLIPLoader": ["CLIP"], "VAELoader": ["VAE"],
              "CLIPTextEncode": ["CONDITIONING"], "FluxGuidance": ["CONDITIONING"], "EmptySD3LatentImage": ["LATENT"],
              "EmptyLatentImage": ["LATENT"], "EmptyHunyuanLatentVideo": ["LATENT"], "KSampler": ["LATENT"],
@@ -63,12 +67,44 @@ class Graph:
             node["size"] = [WIDTH, height]
             tops[c] = tops.get(c, 40) + height + GAP
 
+    def thumbnail(self, path, width=960):
+        """A picture of the graph for ComfyUI's templates browser (it shows workflows/<name>.jpg beside
+        the JSON): each node a box with its title, coloured by kind, and its links, at the JSON's layout."""
+        from PIL import Image, ImageDraw, ImageFont
+
+        right = max(n["pos"][0] + n["size"][0] for n in self.nodes) + 40
+        bottom = max(n["pos"][1] + n["size"][1] for n in self.nodes) + 40
+        scale = width / right
+        image = Image.new("RGB", (width, max(200, int(bottom * scale))), (24, 24, 27))
+        draw = ImageDraw.Draw(image)
+        try:
+            font = ImageFont.truetype("DejaVuSans.ttf", max(9, int(13 * scale * 2)))
+        except OSError:
+            font = ImageFont.load_default()
+        box = {n["id"]: [v * scale for v in (n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0],
+                                             n["pos"][1] + n["size"][1])] for n in self.nodes}
+        for _, src, _, dst, _, _ in self.links:
+            a, b = box[src], box[dst]
+            draw.line([(a[2], a[1] + 12), (b[0], b[1] + 12)], fill=(110, 110, 130), width=2)
+        for node in self.nodes:
+            x0, y0, x1, y1 = box[node["id"]]
+            pack = node["type"].startswith("Rettention")
+            fill = (46, 90, 62) if pack else (58, 58, 64) if node["type"] != "Note" else (70, 64, 40)
+            draw.rounded_rectangle([x0, y0, x1, y1], radius=4, fill=fill, outline=(90, 90, 100))
+            title = node.get("title") or TITLES.get(node["type"], node["type"])
+            while len(title) > 3 and draw.textlength(title, font=font) > x1 - x0 - 8:
+                title = title[:-2].rstrip() + "…" if not title.endswith("…") else title[:-2] + "…"
+            draw.text((x0 + 4, y0 + 3), title, fill=(235, 235, 235), font=font)
+        image.save(path, quality=88)
+
     def dump(self, name):
         self.layout()
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
         with open(os.path.join(OUT[0], name + ".json"), "w") as f:
             json.dump(data, f, indent=1)
+        if THUMBNAILS[0]:
+            self.thumbnail(os.path.join(OUT[0], name + ".jpg"))
 
 
 def patch(g, model, density=0.0625, mask="auto", stats_file="none", schedule=None, stats=None, title=None):
@@ -186,7 +222,9 @@ def pixart():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=HERE, help="folder to write the workflows to (default: workflows/)")
-    OUT[0] = parser.parse_args().out
+    parser.add_argument("--no-thumbnails", action="store_true", help="the JSON files only (no Pillow needed)")
+    args = parser.parse_args()
+    OUT[0], THUMBNAILS[0] = args.out, not args.no_thumbnails
     flux()
     wan21()
     pixart()

@@ -38,13 +38,15 @@ def _kind_name(kind):
 def built_workflows(tmp_path_factory):
     """The workflows as workflows/build_workflows.py writes them now."""
     out = tmp_path_factory.mktemp("workflows")
-    subprocess.run([sys.executable, os.path.join(REPO, "workflows", "build_workflows.py"), "--out", str(out)],
-                   check=True)
+    subprocess.run([sys.executable, os.path.join(REPO, "workflows", "build_workflows.py"), "--out", str(out),
+                    "--no-thumbnails"], check=True)
     return str(out)
 
 
 def test_one_folder_of_workflows():
     assert len(WORKFLOWS) == 6
+    for path in WORKFLOWS:                            # the templates browser's thumbnail beside each
+        assert os.path.getsize(path[: -len(".json")] + ".jpg") > 2000, path
     assert not os.path.exists(os.path.join(REPO, "example_workflows"))
 
 
