@@ -50,8 +50,8 @@ class StatsStore:
     uncond) its rows belong to. A lookup names the chunks of the batch in hand and gets the stored
     batch itself when it was captured with the same chunks (the usual case: no copy, one kernel call
     for the whole batch), else those chunks' rows gathered from the batches that hold them (ComfyUI
-    split cond and uncond differently at the two steps). A lookup whose mask or shape no longer
-    matches is a miss. ``close()`` frees everything; the store is also a context manager."""
+    split cond and uncond differently at the two steps; a batch joined so is kept for the next
+    steps). A lookup whose mask or shape no longer matches is a miss. ``close()`` frees everything; the store is also a context manager."""
 
     def __init__(self) -> None:
         self._layers: dict[Hashable, list[_Entry]] = {}
@@ -87,9 +87,14 @@ class StatsStore:
                 parts.append(entry.stats.batch_rows(entry.rows_of(chunk)))
             if not parts or any(part.mask != parts[0].mask or part.weight != parts[0].weight for part in parts):
                 return None
-            stats = parts[0] if len(parts) == 1 else AttentionStats(
-                rho=torch.cat([p.rho for p in parts]), residual=torch.cat([p.residual for p in parts]),
-                mask=parts[0].mask, weight=parts[0].weight)
+            if len(parts) == 1:
+                stats = parts[0]
+            else:               # joined once and kept as this batch: later steps take it as it is
+                stats = AttentionStats(rho=torch.cat([p.rho for p in parts]),
+                                       residual=torch.cat([p.residual for p in parts]),
+                                       mask=parts[0].mask, weight=parts[0].weight)
+                if stats.matches(q, mask):
+                    self.put(layer, chunks, stats)
         return stats if stats.matches(q, mask) else None
 
     def drop(self, layer: Hashable) -> None:

@@ -144,6 +144,8 @@ def test_store_serves_cfg_chunks_however_comfyui_batches_them():
     split.put(0, ("uncond",), stats.batch_rows(slice(1, 2)))
     joined = split.get(0, ("cond", "uncond"), q, mask)
     assert torch.equal(joined.residual, stats.residual) and split.nbytes == stats.nbytes
+    assert split.get(0, ("cond", "uncond"), q, mask) is joined and len(split) == 1      # joined once, kept
+    assert split.get(0, ("uncond",), q[1:], mask).residual.data_ptr() == joined.residual[1:].data_ptr()
 
 
 def test_stats_remember_their_rule():
